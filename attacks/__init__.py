@@ -1,0 +1,5 @@
+"""Attacks: small classes, every hyperparameter in the constructor, ``attack(x, y) -> x_adv`` in [0, 1]."""
+from .base import Attack, eval_mode
+from .flow import FlowAttack
+
+__all__ = ["Attack", "eval_mode", "FlowAttack"]

@@ -1,0 +1,77 @@
+"""Train a CIFAR classifier with flow gradient regularization (FGR; Xia & Li, Neurocomputing 2021).
+
+    python main.py --data_path your_path --data_name cifar10 --model_name vgg11 --fgr_lamb 300
+
+Defaults are the reference recipe: 80 epochs, batch 128, SGD lr 0.01 momentum 0.9 weight decay 5e-4, lr x0.1 at
+epochs 40 and 60, random flow start sigma 0.01, checkpoint = best clean test accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from models import build_model
+from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, format_args,
+                       positive_float, positive_int, seed_everything)
+from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
+from utils.engine import evaluate, fit, resolve_device
+from utils.errors import cli_entry
+from utils.regularizers import GradientRegularizedCE
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_fgr_model_args(p)
+    add_run_args(p)
+    p.add_argument("--epochs", type=positive_int, default=80)
+    p.add_argument("--batch_size", type=positive_int, default=128,
+                   help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight_decay", type=float, default=5e-4)
+    p.add_argument("--milestones", type=int, nargs="+", default=[40, 60], help="epochs at which lr is multiplied by 0.1")
+    p.add_argument("--sampler", type=str, default="auto", choices=["auto", "native", "gather"],
+                   help="bilinear sampler of the FGR penalty: native grid_sample (fast) or the reference's gather "
+                        "sampler; auto = native where its double backward works")
+    p.add_argument("--select", type=str, default="best", choices=["best", "last"],
+                   help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="bf16 autocast on CUDA (off by default: the reference trains in fp32)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from <name>.last.pt")
+    return p.parse_args(argv)
+
+
+@cli_entry
+def main(args):
+    args.model_name = check_model_name(args.model_name)
+    print("args:", format_args(args), flush=True)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    n_cls = num_classes(args.data_name)
+    train_tf, test_tf = fgr_transforms(args.augment)
+    train_loader, test_loader, gen = make_loaders(
+        args.data_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
+        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda")
+    normalize = dataset_stats(args.data_name) if args.normalize else None
+    model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
+    criterion = GradientRegularizedCE(args.reg, args.fgr_lamb, args.rs_sigma, args.sampler)
+    name = fgr_run_name(args)
+    print(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
+    fit(model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+        evaluate_fn=lambda m: {"val_acc": evaluate(m, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
+        epochs=args.epochs, device=device, args=vars(args), select=args.select,
+        best_path=os.path.join(args.weight_path, f"{name}.pt"),
+        last_path=os.path.join(args.weight_path, f"{name}.last.pt"),
+        log_path=os.path.join(args.weight_path, f"{name}.log.json"),
+        amp=args.amp, bar=not args.no_bar, generator=gen, resume=args.resume,
+        log=lambda s: print(s, flush=True))
+    print(f"saved {os.path.join(args.weight_path, name + '.pt')}", flush=True)
+
+
+if __name__ == "__main__":
+    main(get_args())

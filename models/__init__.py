@@ -1,0 +1,5 @@
+"""Models: one registry (``build_model``) for the FGR and GSeM families. All take [0, 1] images."""
+from . import resnet, vgg, wideresnet  # noqa: F401  (registers the families)
+from .registry import Normalize, build_model, canonical_name, list_models, register
+
+__all__ = ["build_model", "canonical_name", "list_models", "register", "Normalize"]

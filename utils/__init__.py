@@ -1,0 +1,1 @@
+"""Shared code: data, flow warps, regularizers, the training loop, checkpoints."""

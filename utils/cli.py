@@ -1,0 +1,104 @@
+"""Command-line pieces shared by the scripts: common flags, range checks, run names, seeding."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+
+import torch
+
+from models import canonical_name
+
+from .errors import UserError
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """Flags every script has: data, device, progress bars, seed, smoke-run subset."""
+    p.add_argument("--data_path", type=str, default="./data",
+                   help="dataset folder (torchvision layout or <data_path>/<data_name>/...); downloaded if missing")
+    p.add_argument("--device", type=str, default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--subset", type=nonneg_int, default=0,
+                   help="use only the first N train and N test images (0 = all); for smoke runs")
+    p.add_argument("--workers", type=nonneg_int, default=4, help="DataLoader worker processes")
+    p.add_argument("--no_bar", "--disable_bar", dest="no_bar", action="store_true", help="hide progress bars")
+
+
+def add_fgr_model_args(p: argparse.ArgumentParser) -> None:
+    """Flags that identify an FGR run (shared by main.py and evaluate.py, so both derive the same file name)."""
+    p.add_argument("--data_name", type=str, default="cifar10", help="cifar10 or cifar100")
+    p.add_argument("--model_name", type=str, default="vgg11", help="registry name: vgg11/13/16/19, resnet18, wrn28_10")
+    p.add_argument("--reg", type=str, default="fgr", choices=["fgr", "igr"],
+                   help="gradient regularizer: fgr (flow gradients) or igr (input gradients, the paper's baseline)")
+    p.add_argument("--fgr_lamb", "--lamb", dest="fgr_lamb", type=nonneg_float, default=0.0,
+                   help="regularisation weight lambda (0 = plain training)")
+    p.add_argument("--rs_sigma", type=nonneg_float, default=0.01,
+                   help="std of the random flow start before the regulariser, normalised units (0.01 = 0.155 px)")
+    p.add_argument("--augment", type=str, default="reference", choices=["reference", "standard", "none"],
+                   help="reference: resize 36 + crop 32 + flip (test: resize 36, centre crop 32); "
+                        "standard: pad-4 crop + flip (test: raw images)")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalise inputs by the dataset mean/std inside the model (the reference does not)")
+    p.add_argument("--weight_path", type=str, default="./weights", help="folder of checkpoints")
+    p.add_argument("--result_path", type=str, default="./results", help="folder of result JSON files")
+
+
+def fgr_run_name(args) -> str:
+    """The reference's run name (``cifar10_vgg11_fgr_300.0_rs_0.01``; ``cifar10_vgg11`` when lambda = 0), with a
+    suffix for each setting the reference did not have, so runs with other settings never overwrite it."""
+    name = f"{args.data_name}_{args.model_name}"
+    if args.fgr_lamb > 0:
+        name += f"_{args.reg}_{args.fgr_lamb}"
+        if args.rs_sigma > 0:
+            name += f"_rs_{args.rs_sigma}"
+    if args.augment != "reference":
+        name += f"_aug_{args.augment}"
+    if args.normalize:
+        name += "_norm"
+    if args.seed != 0:
+        name += f"_seed{args.seed}"
+    return name
+
+
+def check_model_name(name: str) -> str:
+    try:
+        return canonical_name(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def format_args(args) -> str:
+    return json.dumps(vars(args), sort_keys=True)

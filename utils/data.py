@@ -1,0 +1,165 @@
+"""Datasets (CIFAR-10, CIFAR-100, SVHN) through torchvision's dataset classes, with clear errors.
+
+``--data_path`` may hold the torchvision layout (``<data_path>/cifar-10-batches-py``) or the FGR reference layout
+(``<data_path>/cifar10/cifar-10-batches-py``); missing data is downloaded into ``<data_path>`` when the network
+allows. Files are checked for presence, not MD5 (as the reference: it lists checksums but does not verify them);
+a downloaded archive is verified by torchvision.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import torch
+from torch.utils.data import DataLoader, Subset
+from torchvision import datasets, transforms
+
+from .errors import UserError
+
+
+class _PresenceCheck:
+    """Mixin: accept files that exist (torchvision checks MD5, which rejects re-saved or synthetic copies)."""
+
+    def _required(self):
+        return [os.path.join(self.root, self.base_folder, f) for f, _ in self.train_list + self.test_list]
+
+    def _check_integrity(self) -> bool:
+        return all(os.path.isfile(p) for p in self._required())
+
+    def _load_meta(self) -> None:
+        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+        if not os.path.isfile(path):
+            self.classes = []  # the class names are cosmetic; the reference never reads them
+            self.class_to_idx = {}
+            return
+        with open(path, "rb") as f:
+            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+
+class CIFAR10(_PresenceCheck, datasets.CIFAR10):
+    pass
+
+
+class CIFAR100(_PresenceCheck, datasets.CIFAR100):
+    pass
+
+
+class SVHN(datasets.SVHN):
+    def _check_integrity(self) -> bool:
+        return os.path.isfile(os.path.join(self.root, self.filename))
+
+
+# name -> (class, number of classes, sub-folder of the files, files, mean, std)
+DATASETS = {
+    "cifar10": (CIFAR10, 10, "cifar-10-batches-py",
+                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": (CIFAR100, 100, "cifar-100-python", ["train", "test"],
+                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": (SVHN, 10, "", ["train_32x32.mat", "test_32x32.mat"],
+             (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+}
+
+
+def num_classes(name: str) -> int:
+    return DATASETS[_check_name(name)][1]
+
+
+def dataset_stats(name: str):
+    """(mean, std) per channel, for models built with ``normalize=``."""
+    _, _, _, _, mean, std = DATASETS[_check_name(name)]
+    return mean, std
+
+
+def _check_name(name: str) -> str:
+    key = name.lower()
+    if key not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; valid names: {', '.join(DATASETS)}")
+    return key
+
+
+def fgr_transforms(augment: str):
+    """(train, test) transforms for the FGR scripts.
+
+    'reference' (default, what produced the published FGR numbers): train Resize((36, 36)) -> RandomCrop(32) ->
+    flip; test Resize((36, 36)) -> CenterCrop(32). 'standard': RandomCrop(32, padding=4) + flip; raw test images.
+    'none': raw images for both.
+    """
+    to_tensor = transforms.ToTensor()
+    if augment == "reference":
+        train = transforms.Compose([transforms.Resize((36, 36)), transforms.RandomCrop(32),
+                                    transforms.RandomHorizontalFlip(), to_tensor])
+        test = transforms.Compose([transforms.Resize((36, 36)), transforms.CenterCrop(32), to_tensor])
+    elif augment == "standard":
+        train = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), to_tensor])
+        test = to_tensor
+    elif augment == "none":
+        train = test = to_tensor
+    else:
+        raise UserError(f"unknown augmentation {augment!r}; use reference, standard or none")
+    return train, test
+
+
+def _find_root(name: str, data_path: str):
+    """The folder torchvision should read from, or None when the files are not there."""
+    _, _, folder, files, _, _ = DATASETS[name]
+    for root in (data_path, os.path.join(data_path, name)):
+        if all(os.path.isfile(os.path.join(root, folder, f)) for f in files):
+            return root
+    return None
+
+
+def _missing_message(name: str, data_path: str, reason: str) -> str:
+    _, _, folder, files, _, _ = DATASETS[name]
+    where = os.path.join(data_path, folder) if folder else data_path
+    alt = os.path.join(data_path, name, folder) if folder else os.path.join(data_path, name)
+    return (f"{name} not found in {data_path!r} and could not be downloaded ({reason}). "
+            f"Put the files {', '.join(files)} in {where} (or {alt}), e.g. by extracting the official archive "
+            f"there, or run once with network access to download them.")
+
+
+def load_dataset(name: str, data_path: str, train: bool, transform=None, download: bool = True):
+    """Load one split through torchvision. Raises UserError naming the expected files when it cannot."""
+    name = _check_name(name)
+    cls = DATASETS[name][0]
+    root = _find_root(name, data_path)
+    if root is None:
+        if not download:
+            raise UserError(_missing_message(name, data_path, "download disabled"))
+        try:
+            os.makedirs(data_path, exist_ok=True)
+            _construct(cls, data_path, train, None, download=True)
+        except Exception as e:  # no network, HTTP error, bad archive, unwritable folder
+            raise UserError(_missing_message(name, data_path, f"{type(e).__name__}: {e}")) from None
+        root = data_path
+    try:
+        return _construct(cls, root, train, transform, download=False)
+    except Exception as e:  # truncated pickle, wrong array shape, unreadable .mat
+        _, _, folder, files, _, _ = DATASETS[name]
+        raise UserError(f"{name} files in {os.path.join(root, folder)} are corrupt or not in the official format "
+                        f"({type(e).__name__}: {e}). Replace {', '.join(files)} with the official files.") from None
+
+
+def _construct(cls, root, train, transform, download):
+    if cls is SVHN:
+        return cls(root, split="train" if train else "test", transform=transform, download=download)
+    return cls(root, train=train, transform=transform, download=download)
+
+
+def make_loaders(name: str, data_path: str, batch_size: int, train_transform, test_transform, *, subset: int = 0,
+                 workers: int = 4, seed: int = 0, test_batch_size: int | None = None, pin_memory: bool = False):
+    """Train and test DataLoaders. ``subset=N`` keeps the first N images of each split (smoke runs, CI).
+
+    The training order comes from a dedicated ``torch.Generator`` (returned, so a checkpoint can save and restore it
+    and a resumed run sees the same batches)."""
+    train_set = load_dataset(name, data_path, True, train_transform)
+    test_set = load_dataset(name, data_path, False, test_transform)
+    if subset:
+        train_set = Subset(train_set, range(min(subset, len(train_set))))
+        test_set = Subset(test_set, range(min(subset, len(test_set))))
+    gen = torch.Generator().manual_seed(seed)
+    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=gen, **common)
+    test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, **common)
+    return train_loader, test_loader, gen

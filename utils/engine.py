@@ -1,0 +1,179 @@
+"""The one training loop, shared by every training script.
+
+A *criterion* is any callable ``criterion(model, x, y) -> (loss, logits, logs)``: ``loss`` is the scalar to
+backpropagate, ``logits`` the predictions used for the training accuracy, ``logs`` a dict of detached scalars to
+average over the epoch. A criterion may define ``after_step(model)`` (called after ``optimizer.step()``, e.g. to
+undo a weight perturbation). Plain CE, FGR/IGR, adversarial training, MART and AWP differ only in the criterion.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .errors import UserError
+
+BAR_REFRESH = 20  # update the bar's running numbers every N steps (each update syncs with the device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda if available else cpu; otherwise the named device, with a clear error if it is unavailable."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA when enabled; a no-op elsewhere (bf16 needs no GradScaler)."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, bar=True, desc="train") -> dict:
+    """One pass over ``loader``. Returns the epoch means of loss, accuracy (%) and the criterion's logs."""
+    model.train()
+    sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), device=device)
+    seen = 0
+    t0 = time.time()
+    pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(pbar):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device, amp):
+            loss, logits, logs = criterion(model, x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if hasattr(criterion, "after_step"):
+            criterion.after_step(model)
+        b = y.shape[0]
+        seen += b
+        for k, v in {"loss": loss.detach(), **logs}.items():
+            sums[k] = sums.get(k, 0) + v.float() * b
+        correct += (logits.detach().argmax(1) == y).sum()
+        if bar and step % BAR_REFRESH == 0:
+            pbar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+    pbar.close()
+    if seen == 0:
+        raise UserError("the training set is empty")
+    out = {k: v.item() / seen for k, v in sums.items()}
+    out["acc"] = 100.0 * correct.item() / seen
+    out["time"] = time.time() - t0
+    return out
+
+
+def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval") -> dict:
+    """Accuracy (%) on ``loader`` in eval mode: ``clean`` and one entry per attack in ``attacks`` (name -> callable
+    ``attack(x, y) -> x_adv``). The model's train/eval mode is restored afterwards."""
+    attacks = attacks or {}
+    was_training = model.training
+    model.eval()
+    correct = {name: torch.zeros((), device=device) for name in ["clean", *attacks]}
+    seen = 0
+    pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
+    try:
+        for step, (x, y) in enumerate(pbar):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.no_grad():
+                correct["clean"] += (model(x).argmax(1) == y).sum()
+            for name, attack in attacks.items():
+                x_adv = attack(x, y)
+                with torch.no_grad():
+                    correct[name] += (model(x_adv).argmax(1) == y).sum()
+            seen += y.shape[0]
+            if bar and (attacks or step % BAR_REFRESH == 0):
+                pbar.set_postfix({k: f"{100 * v.item() / seen:.2f}" for k, v in correct.items()})
+    finally:
+        pbar.close()
+        model.train(was_training)
+    if seen == 0:
+        raise UserError("the evaluation set is empty")
+    return {name: 100.0 * v.item() / seen for name, v in correct.items()}
+
+
+class JsonLog:
+    """A JSON file holding the run's args and one record per epoch, rewritten atomically after each epoch."""
+
+    def __init__(self, path: str, args: dict, history: list | None = None):
+        self.path, self.args, self.history = path, args, list(history or [])
+
+    def append(self, record: dict) -> None:
+        self.history.append(record)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"args": self.args, "epochs": self.history}, f, indent=2)
+        os.replace(tmp, self.path)
+
+
+# args that may differ between an interrupted run and its resumption
+RESUME_FREE_ARGS = {"epochs", "resume", "no_bar", "device", "workers"}
+
+
+def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, epochs: int, device, args: dict,
+        best_path: str, last_path: str, log_path: str, select_key: str = "val_acc", select: str = "best",
+        amp: bool = False, bar: bool = True, generator: torch.Generator | None = None, resume: bool = False,
+        log=print) -> dict:
+    """Train for ``epochs`` epochs (counting from 0, or from a resumed state), keeping two checkpoints:
+
+    - ``best_path``: the model with the best ``select_key`` so far (``select='best'``, the reference's rule) or the
+      last epoch's model (``select='last'``);
+    - ``last_path``: the full training state after the latest finished epoch, for ``--resume``.
+
+    Both hold ``model``, ``args``, ``epoch``, ``metrics``, ``optimizer``, ``scheduler``, ``rng``, ``history`` and are
+    written atomically. ``evaluate_fn(model) -> dict`` gives the per-epoch metrics (must contain ``select_key``).
+    Returns the last epoch's record.
+    """
+    start, best, history = 0, -math.inf, []
+    if resume and os.path.isfile(last_path):
+        state = load_checkpoint(last_path, map_location=device)
+        changed = {k: (state["args"].get(k), v) for k, v in args.items()
+                   if k not in RESUME_FREE_ARGS and state["args"].get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise UserError(f"--resume: {last_path} was written with other settings ({detail})")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], generator)
+        start, best, history = state["epoch"], state["best"], state["history"]
+        log(f"resumed from {last_path} at epoch {start} (best {select_key} {best:.2f})")
+    elif resume:
+        log(f"--resume: no state at {last_path}; starting from scratch")
+    json_log = JsonLog(log_path, args, history)
+    record = history[-1] if history else {}
+    for epoch in range(start, epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(model, train_loader, optimizer, criterion, device, amp=amp, bar=bar,
+                                      desc=f"epoch {epoch + 1}/{epochs}")
+        scheduler.step()
+        metrics = evaluate_fn(model)
+        improved = metrics[select_key] > best
+        best = max(best, metrics[select_key])
+        record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}, **metrics,
+                  f"best_{select_key}": best}
+        json_log.append(record)
+        state = {"format": "robust-deform/1", "model": model.state_dict(), "args": args, "epoch": epoch + 1,
+                 "metrics": record, "best": best, "history": json_log.history, "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
+        if select == "last" or improved:
+            atomic_save(state, best_path)
+        atomic_save(state, last_path)
+        extra = " ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k not in ("loss", "acc", "time"))
+        log(f"epoch {epoch + 1:3d}/{epochs} | lr {lr:.4g} | loss {train_stats['loss']:.4f} {extra} | "
+            f"train_acc {train_stats['acc']:.2f} | " + " | ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+            + f" | best {best:.2f}{' *' if improved else ''} | {train_stats['time']:.1f}s")
+    return record

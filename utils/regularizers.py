@@ -36,7 +36,7 @@ def flow_gradient_penalty(model, x, y, sampler: str = "auto", create_graph: bool
     logits = model(z)
     ce = F.cross_entropy(logits, y)
     (g,) = torch.autograd.grad(ce, n, create_graph=create_graph)
-    return ce, g.float().pow(2).sum(dim=(1, 2, 3)).mean(), logits
+    return ce, g.pow(2).sum(dim=(1, 2, 3)).mean(), logits
 
 
 def input_gradient_penalty(model, x, y, create_graph: bool = True):
@@ -48,7 +48,7 @@ def input_gradient_penalty(model, x, y, create_graph: bool = True):
     logits = model(x)
     ce = F.cross_entropy(logits, y)
     (g,) = torch.autograd.grad(ce, x, create_graph=create_graph)
-    return ce, g.float().pow(2).sum(dim=(1, 2, 3)).mean(), logits
+    return ce, g.pow(2).sum(dim=(1, 2, 3)).mean(), logits
 
 
 PENALTIES = {"fgr": flow_gradient_penalty, "igr": input_gradient_penalty}

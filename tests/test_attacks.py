@@ -1,0 +1,59 @@
+"""The authors' L-inf flow attack: budget, range, identity, strength, mode restoration."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attacks import FlowAttack
+
+
+def trained_tiny_model():
+    """A small conv net fitted for a few steps to a smooth synthetic task (undefended)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(16 * 16, 2))
+    x = torch.rand(64, 3, 16, 16)
+    y = (x[:, :, :, :8].mean((1, 2, 3)) > x[:, :, :, 8:].mean((1, 2, 3))).long()  # left brighter than right
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model, x, y
+
+
+def test_flow_attack_respects_budget_and_range_and_raises_loss():
+    model, x, y = trained_tiny_model()
+    model.eval()
+    attack = FlowAttack(model, eps=0.1, steps=10)
+    x_adv = attack(x, y)
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    flow = attack.last_flow
+    assert flow.abs().max() <= 0.1 + 1e-7
+    with torch.no_grad():
+        assert F.cross_entropy(model(x_adv), y) > F.cross_entropy(model(x), y)
+        assert (model(x_adv).argmax(1) == y).float().mean() < (model(x).argmax(1) == y).float().mean()
+
+
+def test_zero_budget_is_identity_and_single_step_is_fgsm_on_the_flow():
+    model, x, y = trained_tiny_model()
+    model.eval()
+    assert torch.allclose(FlowAttack(model, eps=0.0, steps=3)(x, y), x, atol=1e-5)
+    one = FlowAttack(model, eps=0.02, steps=1)
+    one(x, y)
+    assert torch.allclose(one.last_flow.abs()[one.last_flow != 0], torch.tensor(0.02))
+
+
+def test_attack_restores_train_mode_and_runs_in_eval_mode():
+    model, x, y = trained_tiny_model()
+    model.train()
+    bn = model[1]
+    before = bn.running_mean.clone()
+    FlowAttack(model, eps=0.01, steps=2)(x, y)
+    assert model.training and bn.training
+    assert torch.equal(bn.running_mean, before)  # eval mode inside: BN statistics untouched
+
+
+def test_budget_in_pixels():
+    model, _, _ = trained_tiny_model()
+    assert abs(FlowAttack(model, eps=0.01).eps_pixels(32) - 0.155) < 1e-9

@@ -1,0 +1,165 @@
+"""main.py and evaluate.py end to end on synthetic CIFAR-10, resume, and the clear-error paths."""
+import json
+import os
+
+import pytest
+import torch
+
+import evaluate
+import main
+from models import build_model
+from utils import checkpoint as ckpt_mod
+from utils import engine
+from utils.cli import fgr_run_name
+
+RUN = "cifar10_vgg11_fgr_300.0_rs_0.01"
+
+
+def train_args(root, tmp, *extra):
+    return ["--data_path", root, "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", "300",
+            "--weight_path", str(tmp / "w"), "--subset", "32", "--batch_size", "16", "--workers", "0",
+            "--no_bar", *extra]
+
+
+def eval_args(root, tmp, *extra):
+    return ["--data_path", root, "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", "300",
+            "--weight_path", str(tmp / "w"), "--result_path", str(tmp / "r"), "--subset", "16", "--workers", "0",
+            "--steps", "3", "--no_bar", *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_root, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    main.main(main.get_args(train_args(cifar10_root, tmp, "--epochs", "1")))
+    return tmp
+
+
+@pytest.mark.parametrize("lamb,name", [("300", RUN), ("0", "cifar10_vgg11")])
+def test_seed_commands_parse_verbatim_and_name_runs_as_the_reference(lamb, name):
+    seed = ["--data_path", "your_path", "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", lamb]
+    for module in (main, evaluate):
+        args = module.get_args(seed)
+        assert fgr_run_name(args) == name
+    args = main.get_args(seed)
+    assert (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.milestones,
+            args.rs_sigma, args.augment) == (80, 128, 0.01, 0.9, 5e-4, [40, 60], 0.01, "reference")
+    args = evaluate.get_args(seed)
+    assert (args.flow_eps, args.steps, args.batch_size) == (0.01, 100, 128)
+
+
+def test_train_writes_reference_named_checkpoint_with_metadata(trained):
+    path = trained / "w" / f"{RUN}.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert set(ckpt) >= {"model", "args", "epoch", "metrics", "optimizer", "scheduler", "rng"}
+    assert ckpt["epoch"] == 1 and ckpt["args"]["fgr_lamb"] == 300.0 and ckpt["args"]["epochs"] == 1
+    assert "train_reg" in ckpt["metrics"] and ckpt["metrics"]["train_reg"] > 0
+    log = json.loads((trained / "w" / f"{RUN}.log.json").read_text())
+    assert log["args"]["model_name"] == "vgg11" and len(log["epochs"]) == 1
+    assert not [f for f in os.listdir(trained / "w") if f.startswith(".tmp")]
+
+
+def test_evaluate_finds_checkpoint_from_flags_and_writes_json(cifar10_root, trained, capsys):
+    record = evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained)))
+    out = json.loads((trained / "r" / f"{RUN}.json").read_text())
+    assert 0 <= out["val_acc"] <= 1 and 0 <= out["adv_acc"] <= 1
+    assert out["attack"]["steps"] == 3 and out["attack"]["eps"] == 0.01 and out["n_examples"] == 16
+    assert out == json.loads(json.dumps(record))
+    assert "adv   - acc:" in capsys.readouterr().out
+
+
+def test_evaluate_accepts_bare_reference_state_dict(cifar10_root, trained, tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.save(build_model("vgg11", 10).state_dict(), bare)
+    record = evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained, "--checkpoint", str(bare),
+                                                       "--result_path", str(tmp_path))))
+    assert record["checkpoint"] == str(bare) and record["trained_epochs"] is None
+
+
+def _exit_message(capsys, fn):
+    with pytest.raises(SystemExit) as e:
+        fn()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_mismatched_checkpoint_is_a_clear_error(cifar10_root, trained, capsys):
+    err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(
+        eval_args(cifar10_root, trained, "--model_name", "vgg13",
+                  "--checkpoint", str(trained / "w" / f"{RUN}.pt")))))
+    assert "does not match model 'vgg13'" in err and "missing keys" in err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(cifar10_root, trained, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes((trained / "w" / f"{RUN}.pt").read_bytes()[:1000])
+    err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(
+        eval_args(cifar10_root, trained, "--checkpoint", str(bad)))))
+    assert "corrupt" in err
+
+
+def test_missing_checkpoint_missing_data_and_unknown_model(cifar10_root, tmp_path, capsys):
+    err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path))))
+    assert "checkpoint not found" in err
+    err = _exit_message(capsys, lambda: main.main(main.get_args(
+        train_args(str(tmp_path / "empty"), tmp_path, "--epochs", "1"))))
+    assert "data_batch_1" in err
+    err = _exit_message(capsys, lambda: main.main(main.get_args(
+        train_args(cifar10_root, tmp_path, "--model_name", "vgg12"))))
+    assert "unknown model name 'vgg12'" in err and "vgg11" in err
+
+
+def test_flag_out_of_range_is_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        main.get_args(["--fgr_lamb", "-1"])
+    assert e.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
+
+
+def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    main.main(main.get_args(train_args(cifar10_root, full, "--epochs", "2", "--fgr_lamb", "10")))
+    ref = torch.load(full / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
+
+    part = tmp_path / "part"
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def crash_on_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during epoch 2
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10")))
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", "--resume")))
+    got = torch.load(part / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
+    assert got["epoch"] == 2 and len(got["history"]) == 2
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+    assert got["history"][1]["train_loss"] == ref["history"][1]["train_loss"]
+
+
+def test_resume_refuses_other_settings(cifar10_root, trained, capsys):
+    err = _exit_message(capsys, lambda: main.main(main.get_args(
+        train_args(cifar10_root, trained, "--epochs", "2", "--resume", "--lr", "0.1"))))
+    assert "other settings" in err and "lr" in err
+
+
+def test_crash_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "c.pt"
+    ckpt_mod.atomic_save({"model": {"w": torch.ones(3)}}, str(path))
+
+    def dying_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_mod.atomic_save({"model": {"w": torch.zeros(3)}}, str(path))
+    monkeypatch.undo()
+    assert torch.equal(ckpt_mod.load_checkpoint(str(path))["model"]["w"], torch.ones(3))
+    assert os.listdir(tmp_path) == ["c.pt"]

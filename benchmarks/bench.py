@@ -1,0 +1,93 @@
+"""Training-step benchmarks (not part of the test suite).
+
+    python benchmarks/bench.py                       # CPU, small batch
+    python benchmarks/bench.py --device cuda --batch_size 128 --json bench.json
+
+Workloads (VGG-11, CIFAR-shaped random data, one SGD step each, train mode):
+  plain       cross-entropy step (the lambda = 0 baseline)
+  fgr-native  CE + lambda * R with the native grid_sample sampler (this repo's default where supported)
+  fgr-gather  CE + lambda * R with the reference's gather-based sampler
+Prints a markdown table (images/s, ms per step, cost relative to plain) and optionally writes JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from models import build_model  # noqa: E402
+from utils.regularizers import GradientRegularizedCE  # noqa: E402
+
+
+def time_steps(model, criterion, x, y, steps, warmup, device):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step():
+        loss, _, _ = criterion(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    sec = (time.perf_counter() - t0) / steps
+    mem = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None
+    return sec, mem
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", type=str, default="cpu")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--model", type=str, default="vgg11")
+    p.add_argument("--json", type=str, default=None)
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch_size, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (args.batch_size,), device=device)
+    workloads = {
+        "plain": GradientRegularizedCE("fgr", 0.0),
+        "fgr-native": GradientRegularizedCE("fgr", 300.0, 0.01, sampler="native"),
+        "fgr-gather": GradientRegularizedCE("fgr", 300.0, 0.01, sampler="gather"),
+    }
+    rows = {}
+    for name, crit in workloads.items():
+        torch.manual_seed(0)
+        model = build_model(args.model, 10).to(device)
+        sec, mem = time_steps(model, crit, x, y, args.steps, args.warmup, device)
+        rows[name] = {"ms_per_step": 1000 * sec, "images_per_s": args.batch_size / sec, "peak_mem_mib": mem}
+    for r in rows.values():
+        r["relative_to_plain"] = r["ms_per_step"] / rows["plain"]["ms_per_step"]
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    print(f"\n{args.model}, batch {args.batch_size}, device: {dev}, torch {torch.__version__}\n")
+    print("| workload | ms/step | images/s | x plain |" + (" peak MiB |" if device.type == "cuda" else ""))
+    print("|---|---|---|---|" + ("---|" if device.type == "cuda" else ""))
+    for name, r in rows.items():
+        mem = f" {r['peak_mem_mib']:.0f} |" if device.type == "cuda" else ""
+        print(f"| {name} | {r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | {r['relative_to_plain']:.2f} |{mem}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,16 @@ from models import build_model, list_models
 # copies of ../shared/spec/state_dicts: keys and shapes of the reference models, dumped from the authors' code
 SPEC = os.path.join(os.path.dirname(__file__), "reference_state_dicts")
 REFERENCE_LAYOUTS = {"vgg11": "vgg11_fgr.json", "resnet18": "resnet18_gsem_repo.json",
-                     "WideResNet28x10": "wrn28_10_gsem_repo.json"}
-PARAMS_10 = {"vgg11": 9_231_114, "resnet18": 11_173_962, "WideResNet28x10": 36_567_530}
-PARAMS_100 = {"vgg11": 9_277_284, "resnet18": 11_220_132, "WideResNet28x10": 36_625_220}
+                     "WideResNet28x10": "wrn28_10_gsem_repo.json", "GSeMResNet18": "gsem_resnet18.json",
+                     "GSeMWideResNet28x10": "gsem_wrn28_10.json"}
+PARAMS_10 = {"vgg11": 9_231_114, "resnet18": 11_173_962, "WideResNet28x10": 36_567_530,
+             "GSeMResNet18": 11_251_978, "GSeMWideResNet28x10": 36_645_546}
+PARAMS_100 = {"vgg11": 9_277_284, "resnet18": 11_220_132, "WideResNet28x10": 36_625_220,
+              "GSeMResNet18": 11_298_148, "GSeMWideResNet28x10": 36_703_236}
 
 
-@pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "wrn28_10"])
+@pytest.mark.parametrize("name", ["vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "wrn28_10", "GSeMResNet18",
+                                  "GSeMWideResNet28x10"])
 def test_forward_backward_every_parameter(name):
     torch.manual_seed(0)
     model = build_model(name, 10)

@@ -2,8 +2,10 @@
 
 A *criterion* is any callable ``criterion(model, x, y) -> (loss, logits, logs)``: ``loss`` is the scalar to
 backpropagate, ``logits`` the predictions used for the training accuracy, ``logs`` a dict of detached scalars to
-average over the epoch. A criterion may define ``after_step(model)`` (called after ``optimizer.step()``, e.g. to
-undo a weight perturbation). Plain CE, FGR/IGR, adversarial training, MART and AWP differ only in the criterion.
+average over the epoch. A criterion that accumulates gradients itself (EOT over several noisy passes) does its own
+backward and returns a detached loss; the loop then only steps. A criterion may define ``after_step(model)``
+(called after ``optimizer.step()``, e.g. to undo a weight perturbation). Plain CE, FGR/IGR, adversarial training,
+MART and AWP differ only in the criterion.
 """
 from __future__ import annotations
 
@@ -42,6 +44,19 @@ def autocast(device: torch.device, enabled: bool):
     return contextlib.nullcontext()
 
 
+def train_step(model, optimizer, criterion, x, y, device, amp=False):
+    """One optimisation step on a batch. Returns the criterion's ``(loss, logits, logs)``."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast(device, amp):
+        loss, logits, logs = criterion(model, x, y)
+    if loss.requires_grad:
+        loss.backward()
+    optimizer.step()
+    if hasattr(criterion, "after_step"):
+        criterion.after_step(model)
+    return loss, logits, logs
+
+
 def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, bar=True, desc="train") -> dict:
     """One pass over ``loader``. Returns the epoch means of loss, accuracy (%) and the criterion's logs."""
     model.train()
@@ -52,13 +67,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, b
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     for step, (x, y) in enumerate(pbar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast(device, amp):
-            loss, logits, logs = criterion(model, x, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if hasattr(criterion, "after_step"):
-            criterion.after_step(model)
+        loss, logits, logs = train_step(model, optimizer, criterion, x, y, device, amp)
         b = y.shape[0]
         seen += b
         for k, v in {"loss": loss.detach(), **logs}.items():

@@ -159,6 +159,7 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
         train_set = Subset(train_set, range(min(subset, len(train_set))))
         test_set = Subset(test_set, range(min(subset, len(test_set))))
     gen = torch.Generator().manual_seed(seed)
+    workers = min(workers, os.cpu_count() or 1)  # more workers than cores only adds overhead
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
     train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=gen, **common)
     test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, **common)

@@ -30,7 +30,7 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet. ``stem_module`` (e.g. a GSeM module) is applied after the stem ReLU when given."""
+    """CIFAR ResNet. Subclasses (GSeM) add modules in ``stem_hook`` and override ``stem``."""
 
     def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10):
         super().__init__()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -50,26 +51,34 @@ class SVHN(datasets.SVHN):
         return os.path.isfile(os.path.join(self.root, self.filename))
 
 
-# name -> (class, number of classes, sub-folder of the files, files, mean, std)
+class DatasetInfo(NamedTuple):
+    cls: type
+    num_classes: int
+    folder: str  # sub-folder of the root that holds the files ("" for SVHN)
+    files: list
+    mean: tuple
+    std: tuple
+
+
 DATASETS = {
-    "cifar10": (CIFAR10, 10, "cifar-10-batches-py",
-                [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
-                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": (CIFAR100, 100, "cifar-100-python", ["train", "test"],
-                 (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "svhn": (SVHN, 10, "", ["train_32x32.mat", "test_32x32.mat"],
-             (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": DatasetInfo(CIFAR10, 10, "cifar-10-batches-py",
+                           [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"],
+                           (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetInfo(CIFAR100, 100, "cifar-100-python", ["train", "test"],
+                            (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "svhn": DatasetInfo(SVHN, 10, "", ["train_32x32.mat", "test_32x32.mat"],
+                        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
 }
 
 
 def num_classes(name: str) -> int:
-    return DATASETS[_check_name(name)][1]
+    return DATASETS[_check_name(name)].num_classes
 
 
 def dataset_stats(name: str):
     """(mean, std) per channel, for models built with ``normalize=``."""
-    _, _, _, _, mean, std = DATASETS[_check_name(name)]
-    return mean, std
+    info = DATASETS[_check_name(name)]
+    return info.mean, info.std
 
 
 def _check_name(name: str) -> str:
@@ -103,42 +112,41 @@ def fgr_transforms(augment: str):
 
 def _find_root(name: str, data_path: str):
     """The folder torchvision should read from, or None when the files are not there."""
-    _, _, folder, files, _, _ = DATASETS[name]
+    info = DATASETS[name]
     for root in (data_path, os.path.join(data_path, name)):
-        if all(os.path.isfile(os.path.join(root, folder, f)) for f in files):
+        if all(os.path.isfile(os.path.join(root, info.folder, f)) for f in info.files):
             return root
     return None
 
 
 def _missing_message(name: str, data_path: str, reason: str) -> str:
-    _, _, folder, files, _, _ = DATASETS[name]
-    where = os.path.join(data_path, folder) if folder else data_path
-    alt = os.path.join(data_path, name, folder) if folder else os.path.join(data_path, name)
+    info = DATASETS[name]
+    where = os.path.join(data_path, info.folder)
+    alt = os.path.join(data_path, name, info.folder)
     return (f"{name} not found in {data_path!r} and could not be downloaded ({reason}). "
-            f"Put the files {', '.join(files)} in {where} (or {alt}), e.g. by extracting the official archive "
+            f"Put the files {', '.join(info.files)} in {where} (or {alt}), e.g. by extracting the official archive "
             f"there, or run once with network access to download them.")
 
 
 def load_dataset(name: str, data_path: str, train: bool, transform=None, download: bool = True):
     """Load one split through torchvision. Raises UserError naming the expected files when it cannot."""
     name = _check_name(name)
-    cls = DATASETS[name][0]
+    info = DATASETS[name]
     root = _find_root(name, data_path)
     if root is None:
         if not download:
             raise UserError(_missing_message(name, data_path, "download disabled"))
         try:
             os.makedirs(data_path, exist_ok=True)
-            _construct(cls, data_path, train, None, download=True)
+            _construct(info.cls, data_path, train, None, download=True)
         except Exception as e:  # no network, HTTP error, bad archive, unwritable folder
             raise UserError(_missing_message(name, data_path, f"{type(e).__name__}: {e}")) from None
         root = data_path
     try:
-        return _construct(cls, root, train, transform, download=False)
+        return _construct(info.cls, root, train, transform, download=False)
     except Exception as e:  # truncated pickle, wrong array shape, unreadable .mat
-        _, _, folder, files, _, _ = DATASETS[name]
-        raise UserError(f"{name} files in {os.path.join(root, folder)} are corrupt or not in the official format "
-                        f"({type(e).__name__}: {e}). Replace {', '.join(files)} with the official files.") from None
+        raise UserError(f"{name} files in {os.path.join(root, info.folder)} are corrupt or not in the official format "
+                        f"({type(e).__name__}: {e}). Replace {', '.join(info.files)} with the official files.") from None
 
 
 def _construct(cls, root, train, transform, download):

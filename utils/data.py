@@ -110,6 +110,40 @@ def fgr_transforms(augment: str):
     return train, test
 
 
+class Cutout:
+    """Zero one ``size`` x ``size`` square with a uniformly drawn centre, clipped at the borders, on a C x H x W
+    tensor (DeVries & Taylor 2017; the GSeM reference applies one 16 px hole after ToTensor)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y1, y2 = max(cy - self.size // 2, 0), min(cy + self.size // 2, h)
+        x1, x2 = max(cx - self.size // 2, 0), min(cx + self.size // 2, w)
+        img = img.clone()
+        img[..., y1:y2, x1:x2] = 0
+        return img
+
+    def __repr__(self):
+        return f"Cutout(size={self.size})"
+
+
+def gsem_transforms():
+    """(train, test) transforms of the GSeM reference, the same for CIFAR-10, CIFAR-100 and SVHN (spec gsem.md §3.2):
+    RandomCrop(32, padding=4, fill=128) -> flip -> AutoAugment (CIFAR-10 policy, fill 128) -> ToTensor -> Cutout(16);
+    test: ToTensor only. torchvision's AutoAugment stands in for the reference's DeepVoltaire copy of the policy."""
+    train = transforms.Compose([
+        transforms.RandomCrop(32, padding=4, fill=128),
+        transforms.RandomHorizontalFlip(),
+        transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128]),
+        transforms.ToTensor(),
+        Cutout(16),
+    ])
+    return train, transforms.ToTensor()
+
+
 def _find_root(name: str, data_path: str):
     """The folder torchvision should read from, or None when the files are not there."""
     info = DATASETS[name]
@@ -156,13 +190,23 @@ def _construct(cls, root, train, transform, download):
 
 
 def make_loaders(name: str, data_path: str, batch_size: int, train_transform, test_transform, *, subset: int = 0,
-                 workers: int = 4, seed: int = 0, test_batch_size: int | None = None, pin_memory: bool = False):
+                 workers: int = 4, seed: int = 0, test_batch_size: int | None = None, pin_memory: bool = False,
+                 val_split: int = 0):
     """Train and test DataLoaders. ``subset=N`` keeps the first N images of each split (smoke runs, CI).
 
+    ``val_split=N`` holds out N training images (a fixed random choice given ``seed``, test transform) and returns
+    them in place of the test set, for model selection that never sees the test set.
     The training order comes from a dedicated ``torch.Generator`` (returned, so a checkpoint can save and restore it
     and a resumed run sees the same batches)."""
     train_set = load_dataset(name, data_path, True, train_transform)
-    test_set = load_dataset(name, data_path, False, test_transform)
+    if val_split:
+        if val_split >= len(train_set):
+            raise UserError(f"--val_split {val_split} must be smaller than the training set ({len(train_set)} images)")
+        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
+        test_set = Subset(load_dataset(name, data_path, True, test_transform), sorted(order[:val_split]))
+        train_set = Subset(train_set, sorted(order[val_split:]))
+    else:
+        test_set = load_dataset(name, data_path, False, test_transform)
     if subset:
         train_set = Subset(train_set, range(min(subset, len(train_set))))
         test_set = Subset(test_set, range(min(subset, len(test_set))))

@@ -28,6 +28,8 @@ def resolve_device(name: str) -> torch.device:
     """'auto' -> cuda if available else cpu; otherwise the named device, with a clear error if it is unavailable."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.isdigit():  # the GSeM reference's --device 0 means cuda:0
+        name = f"cuda:{name}"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -133,20 +135,26 @@ RESUME_FREE_ARGS = {"epochs", "resume", "no_bar", "device", "workers"}
 
 
 def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, epochs: int, device, args: dict,
-        best_path: str, last_path: str, log_path: str, select_key: str = "val_acc", select: str = "best",
+        best_path, last_path: str, log_path: str, select_key: str = "val_acc", select: str = "best",
         amp: bool = False, bar: bool = True, generator: torch.Generator | None = None, resume: bool = False,
-        log=print) -> dict:
+        stage: int = 0, carry: dict | None = None, log=print) -> dict:
     """Train for ``epochs`` epochs (counting from 0, or from a resumed state), keeping two checkpoints:
 
-    - ``best_path``: the model with the best ``select_key`` so far (``select='best'``, the reference's rule) or the
-      last epoch's model (``select='last'``);
+    - the *best* checkpoint: the model with the best ``select_key`` so far (``select='best'``, the references' rule)
+      or the last epoch's model (``select='last'``). ``best_path`` is a path, or a function of the epoch record
+      giving one (e.g. with the accuracy in the name); when the name changes the previous best file is removed;
     - ``last_path``: the full training state after the latest finished epoch, for ``--resume``.
 
-    Both hold ``model``, ``args``, ``epoch``, ``metrics``, ``optimizer``, ``scheduler``, ``rng``, ``history`` and are
-    written atomically. ``evaluate_fn(model) -> dict`` gives the per-epoch metrics (must contain ``select_key``).
-    Returns the last epoch's record.
+    Both hold ``model``, ``args``, ``epoch``, ``metrics``, ``optimizer``, ``scheduler``, ``rng``, ``history``,
+    ``stage`` and are written atomically. ``evaluate_fn(model) -> dict`` gives the per-epoch metrics (must contain
+    ``select_key``). ``stage`` numbers consecutive calls of one run (GSeM's warm-restart reloads); ``carry`` passes
+    ``best``, ``best_file`` and ``history`` from one stage to the next. A resume continues the state at
+    ``last_path`` only if it belongs to this ``stage``.
+    Returns ``{"record", "best", "best_file", "history"}`` to carry on.
     """
-    start, best, history = 0, -math.inf, []
+    carry = carry or {}
+    start = 0
+    best, best_file, history = carry.get("best", -math.inf), carry.get("best_file"), list(carry.get("history", []))
     if resume and os.path.isfile(last_path):
         state = load_checkpoint(last_path, map_location=device)
         changed = {k: (state["args"].get(k), v) for k, v in args.items()
@@ -154,12 +162,14 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise UserError(f"--resume: {last_path} was written with other settings ({detail})")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], generator)
-        start, best, history = state["epoch"], state["best"], state["history"]
-        log(f"resumed from {last_path} at epoch {start} (best {select_key} {best:.2f})")
+        if state.get("stage", 0) == stage:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"], generator)
+            start, best, history = state["epoch"], state["best"], state["history"]
+            best_file = state.get("best_file", best_file)
+            log(f"resumed from {last_path} at epoch {start} (best {select_key} {best:.4g})")
     elif resume:
         log(f"--resume: no state at {last_path}; starting from scratch")
     json_log = JsonLog(log_path, args, history)
@@ -172,17 +182,26 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
         metrics = evaluate_fn(model)
         improved = metrics[select_key] > best
         best = max(best, metrics[select_key])
-        record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()}, **metrics,
-                  f"best_{select_key}": best}
+        record = {"stage": stage, "epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
+                  **metrics, f"best_{select_key}": best}
         json_log.append(record)
         state = {"format": "robust-deform/1", "model": model.state_dict(), "args": args, "epoch": epoch + 1,
-                 "metrics": record, "best": best, "history": json_log.history, "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
+                 "stage": stage, "metrics": record, "best": best, "history": json_log.history,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(generator)}
         if select == "last" or improved:
-            atomic_save(state, best_path)
+            path = best_path(record) if callable(best_path) else best_path
+            state["best_file"] = path
+            atomic_save(state, path)
+            if best_file and os.path.abspath(best_file) != os.path.abspath(path) and os.path.isfile(best_file) \
+                    and best_file != carry.get("protected"):
+                os.remove(best_file)
+            best_file = path
+        state["best_file"] = best_file
         atomic_save(state, last_path)
-        extra = " ".join(f"{k} {v:.4f}" for k, v in train_stats.items() if k not in ("loss", "acc", "time"))
-        log(f"epoch {epoch + 1:3d}/{epochs} | lr {lr:.4g} | loss {train_stats['loss']:.4f} {extra} | "
-            f"train_acc {train_stats['acc']:.2f} | " + " | ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-            + f" | best {best:.2f}{' *' if improved else ''} | {train_stats['time']:.1f}s")
-    return record
+        parts = [f"epoch {epoch + 1:3d}/{epochs}", f"lr {lr:.4g}"]
+        parts += [f"{k} {v:.4f}" for k, v in train_stats.items() if k not in ("acc", "time")]
+        parts += [f"train_acc {train_stats['acc']:.2f}"] + [f"{k} {v:.4g}" for k, v in metrics.items()]
+        parts += [f"best {best:.4g}{' *' if improved else ''}", f"{train_stats['time']:.1f}s"]
+        log(" | ".join(parts))
+    return {"record": record, "best": best, "best_file": best_file, "history": json_log.history}

@@ -1,0 +1,120 @@
+"""train_gsem.py, train_gsem_mart.py, train_gsem_awp.py end to end on synthetic CIFAR-10, CIFAR-100 and SVHN."""
+import os
+
+import pytest
+import torch
+
+import train_gsem
+import train_gsem_awp
+import train_gsem_mart
+from models import build_model
+from synthetic import write_svhn
+from utils import engine
+from utils.checkpoint import load_checkpoint, load_model_state
+
+SCRIPTS = {"gsem": train_gsem, "mart": train_gsem_mart, "awp": train_gsem_awp}
+
+
+@pytest.fixture(scope="module")
+def svhn_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svhn")
+    write_svhn(str(root), n_train=40, n_test=20)
+    return str(root)
+
+
+def small(root, dataset, out, *extra):
+    return ["--classifier_name", "GSeMResNet18", "--dataset_name", dataset, "--data_path", root,
+            "--model_save_path", str(out), "--subset", "12", "--batch_size", "6", "--epochs", "1", "--reload", "1",
+            "--gra_eot_num", "2", "--att_eot_num", "2", "--attack_steps", "2", "--workers", "0", "--no_bar",
+            "--best_acc", "-1", *extra]
+
+
+@pytest.mark.parametrize("method", list(SCRIPTS))
+def test_seed_commands_parse_and_defaults_are_the_reference_recipe(method):
+    args = SCRIPTS[method].get_args(["--classifier_name", "GSeMWideResNet28x10", "--dataset_name", "svhn"])
+    assert (args.batch_size, args.lr, args.momentum, args.weight_decay, args.milestones, args.epochs, args.reload,
+            args.gra_eot_num, args.att_eot_num, args.alpha, args.beta, args.use_amp, args.eps, args.step_size,
+            args.attack_steps, args.model_save_path, args.model_load_path, args.best_acc, args.seed) == \
+        (256, 0.01, 0.9, 3.5e-3, [60, 110], 150, 5, 10, 10, 6, 4, True, 8.0, 2.0, 10, "adv_model", "", 0.0, 0)
+    if method != "gsem":
+        assert args.mart_beta == 5.0
+    if method == "awp":
+        assert (args.awp_gamma, args.awp_lr) == (0.01, 0.01)
+    assert SCRIPTS[method].get_args(["--no-use_amp"]).use_amp is False
+
+
+@pytest.mark.parametrize("method,dataset", [("gsem", "cifar10"), ("mart", "cifar100"), ("awp", "svhn"),
+                                            ("gsem", "svhn"), ("mart", "cifar10"), ("awp", "cifar100")])
+def test_one_epoch_produces_a_loadable_reference_named_checkpoint(method, dataset, cifar10_root, cifar100_root,
+                                                                   svhn_root, tmp_path):
+    root = {"cifar10": cifar10_root, "cifar100": cifar100_root, "svhn": svhn_root}[dataset]
+    carry = SCRIPTS[method].main(SCRIPTS[method].get_args(small(root, dataset, tmp_path)))
+    best = carry["best_file"]
+    assert os.path.dirname(best) == str(tmp_path / dataset)
+    assert os.path.basename(best) == f"GSeMResNet18_6_4_{carry['best']}.pt"
+    ckpt = load_checkpoint(best)
+    model = build_model("GSeMResNet18", 100 if dataset == "cifar100" else 10)
+    load_model_state(model, ckpt["model"], best, "GSeMResNet18")
+    assert ckpt["args"]["dataset_name"] == dataset and ckpt["stage"] == 0 and ckpt["epoch"] == 1
+    assert {"test_acc", "clean_acc", "adv_acc", "train_loss"} <= set(ckpt["metrics"])
+    assert os.path.isfile(tmp_path / dataset / f"GSeMResNet18_6_4_{method}.log.json")
+
+
+def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_path):
+    carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--reload", "2")))
+    files = sorted(f for f in os.listdir(tmp_path / "cifar10") if f.endswith(".pt") and "last" not in f)
+    assert files == [os.path.basename(carry["best_file"])]
+    stages = [r["stage"] for r in carry["history"]]
+    assert stages == [0, 1]
+
+
+def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
+    argv = ["--reload", "2", "--best_acc", "-1"]
+    train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "full", *argv)))
+    ref = torch.load(tmp_path / "full" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
+
+    real, calls = engine.train_one_epoch, {"n": 0}
+
+    def crash_in_second_reload(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_reload)
+    with pytest.raises(KeyboardInterrupt):
+        train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv)))
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv, "--resume")))
+    got = torch.load(tmp_path / "part" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
+    assert got["stage"] == 1 and [r["stage"] for r in got["history"]] == [0, 1]
+    for k, v in ref["model"].items():
+        assert torch.equal(v, got["model"][k]), k
+
+
+def _exit_message(capsys, fn):
+    with pytest.raises(SystemExit) as e:
+        fn()
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_inputs_give_clear_messages(cifar10_root, tmp_path, capsys):
+    err = _exit_message(capsys, lambda: train_gsem.main(train_gsem.get_args(
+        small(cifar10_root, "cifar10", tmp_path, "--classifier_name", "GSeMResNet19"))))
+    assert "unknown model name 'GSeMResNet19'" in err and "GSeMResNet18" in err
+    err = _exit_message(capsys, lambda: train_gsem.main(train_gsem.get_args(
+        small(str(tmp_path / "none"), "svhn", tmp_path))))
+    assert "train_32x32.mat" in err
+    err = _exit_message(capsys, lambda: train_gsem.main(train_gsem.get_args(
+        small(cifar10_root, "cifar10", tmp_path, "--model_load_path", str(tmp_path / "nope.pt")))))
+    assert "nope.pt" in err
+    err = _exit_message(capsys, lambda: train_gsem.main(train_gsem.get_args(
+        small(cifar10_root, "cifar10", tmp_path, "--val_split", "100000"))))
+    assert "--val_split" in err
+
+
+def test_val_split_selects_on_held_out_training_images(cifar10_root, tmp_path):
+    carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--val_split", "20",
+                                                      "--subset", "0", "--batch_size", "40")))
+    assert len(carry["history"]) == 1 and 0 <= carry["best"] <= 1

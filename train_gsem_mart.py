@@ -1,0 +1,33 @@
+"""Gradient-corrected adversarial training of a GSeM model with MART (Wang et al., ICLR 2020; beta = 5 as the GSeM
+reference): PGD-10 (EOT 10) on the whole batch, MART loss, 10 noisy passes per weight update.
+
+    python train_gsem_mart.py --classifier_name GSeMResNet18 --dataset_name cifar10
+"""
+from __future__ import annotations
+
+import argparse
+
+from utils.adv_train import add_gsem_train_args, run_gsem_training, train_attack
+from utils.cli import nonneg_float
+from utils.errors import cli_entry
+from utils.losses import MARTCriterion
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_gsem_train_args(p)
+    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
+    return p.parse_args(argv)
+
+
+def make_criterion(args, model, device):
+    return MARTCriterion(train_attack(args, model), beta=args.mart_beta, gra_eot=args.gra_eot_num)
+
+
+@cli_entry
+def main(args):
+    return run_gsem_training(args, "mart", make_criterion)
+
+
+if __name__ == "__main__":
+    main(get_args())

@@ -1,0 +1,155 @@
+"""Gradient-corrected adversarial training of GSeM models (spec gsem.md §3), shared by ``train_gsem.py``,
+``train_gsem_mart.py`` and ``train_gsem_awp.py``: flags, the training attack, the half-adversarial test accuracy
+used for model selection, and the warm-restart ("reload") driver around the one training loop (``utils.engine``).
+The three scripts differ only in the criterion they build.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from attacks import PGD
+from models import build_model
+
+from .checkpoint import load_checkpoint, load_model_state
+from .cli import add_run_args, check_model_name, format_args, nonneg_int, positive_float, positive_int, seed_everything
+from .data import gsem_transforms, make_loaders, num_classes
+from .engine import autocast, fit, resolve_device
+from .errors import UserError
+
+
+def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
+    """The reference's flags and defaults (spec §3.1), plus this repository's run flags."""
+    p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
+                   help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
+    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100 or svhn")
+    p.add_argument("--alpha", type=positive_int, default=6, help="GSeM quantisation: grid step 1/alpha")
+    p.add_argument("--beta", type=nonneg_int, default=4, help="GSeM noise: integers in [-beta, beta] (0 = no noise)")
+    p.add_argument("--batch_size", type=positive_int, default=256)
+    p.add_argument("--lr", type=positive_float, default=0.01)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight_decay", type=float, default=3.5e-3)
+    p.add_argument("--milestones", type=int, nargs="+", default=[60, 110], help="lr x0.1 at these epochs")
+    p.add_argument("--epochs", type=positive_int, default=150, help="epochs per reload")
+    p.add_argument("--reload", type=positive_int, default=5,
+                   help="number of runs of --epochs epochs; each after the first restarts from the best checkpoint "
+                        "with a fresh optimizer and schedule")
+    p.add_argument("--gra_eot_num", type=positive_int, default=10, help="noisy passes per weight update (EOT)")
+    p.add_argument("--att_eot_num", type=positive_int, default=10, help="noisy passes per attack step (EOT)")
+    p.add_argument("--eps", type=positive_float, default=8.0, help="training attack L-inf budget, in 1/255 units")
+    p.add_argument("--step_size", type=positive_float, default=2.0, help="training attack step, in 1/255 units")
+    p.add_argument("--attack_steps", type=positive_int, default=10, help="training attack PGD steps")
+    p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
+                   help="attack EOT as one forward of att_eot_num x B images (same expectation; faster on GPU)")
+    p.add_argument("--use_amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="bf16 autocast on CUDA for training and the training attack (no effect on CPU)")
+    p.add_argument("--val_split", type=nonneg_int, default=0,
+                   help="select the model on N held-out training images instead of the test set (0 = test set, "
+                        "as the reference)")
+    p.add_argument("--model_save_path", type=str, default="adv_model", help="checkpoints go to <path>/<dataset>/")
+    p.add_argument("--model_load_path", type=str, default="", help="initial weights (default: train from scratch)")
+    p.add_argument("--best_acc", type=float, default=0.0,
+                   help="a checkpoint is written only when the selection accuracy (fraction) beats this")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (any reload, any epoch)")
+    add_run_args(p)
+    p.set_defaults(data_path="./dataset", workers=2)
+
+
+def train_attack(args, model) -> PGD:
+    """The reference's training / test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT att_eot_num, AMP."""
+    return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
+               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp)
+
+
+def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=False) -> dict:
+    """The reference's selection metric (spec §3.4): in every batch the even-indexed half is replaced by adversarial
+    examples, then one noisy forward of the whole batch. Returns fractions: ``test_acc`` (all), ``clean_acc`` (odd
+    half) and ``adv_acc`` (even half)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros(2, device=device)  # [adversarial half, clean half]
+    count = [0, 0]
+    pbar = tqdm(loader, desc="half-adversarial test", disable=not bar, leave=False, dynamic_ncols=True)
+    try:
+        for x, y in pbar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = x.clone()
+            x[0::2] = attack(x[0::2], y[0::2])
+            with torch.no_grad(), autocast(device, amp):
+                hit = model(x).argmax(1) == y
+            correct[0] += hit[0::2].sum()
+            correct[1] += hit[1::2].sum()
+            count[0] += hit[0::2].numel()
+            count[1] += hit[1::2].numel()
+            if bar:
+                pbar.set_postfix(acc=f"{correct.sum().item() / sum(count):.4f}")
+    finally:
+        pbar.close()
+        model.train(was_training)
+    adv, clean = correct.tolist()
+    return {"test_acc": (adv + clean) / sum(count), "clean_acc": clean / max(count[1], 1),
+            "adv_acc": adv / max(count[0], 1)}
+
+
+def build_gsem_model(args, device):
+    kwargs = {"alpha": args.alpha, "beta": args.beta} if args.classifier_name.lower().startswith("gsem") else {}
+    return build_model(args.classifier_name, num_classes(args.dataset_name), **kwargs).to(device)
+
+
+def run_gsem_training(args, method: str, make_criterion):
+    """Train with the reference recipe: ``args.reload`` runs of ``args.epochs`` epochs; each run after the first
+    starts from the best checkpoint so far with a new optimizer, schedule, attack and criterion; the best model (by
+    half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<classifier>_<alpha>_<beta>_<acc>.pt``.
+
+    ``make_criterion(args, model, device)`` builds the loss for one reload. ``method`` names the resume state and
+    JSON log (``..._<method>.last.pt``, ``..._<method>.log.json``) so the three scripts never share them.
+    """
+    args.classifier_name = check_model_name(args.classifier_name)
+    print("args:", format_args(args), flush=True)
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the reference
+    train_tf, test_tf = gsem_transforms()
+    train_loader, test_loader, gen = make_loaders(
+        args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
+        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda", val_split=args.val_split)
+    folder = os.path.join(args.model_save_path, args.dataset_name)
+    stem = f"{args.classifier_name}_{args.alpha}_{args.beta}"
+    last_path = os.path.join(folder, f"{stem}_{method}.last.pt")
+    carry = {"best": args.best_acc, "best_file": args.model_load_path or None, "history": [],
+             "protected": args.model_load_path or None}
+    first_reload = 0
+    if args.resume and os.path.isfile(last_path):
+        state = load_checkpoint(last_path)
+        first_reload = state.get("stage", 0)
+        carry.update(best=state["best"], best_file=state.get("best_file"), history=state["history"])
+    if carry["best_file"] and not os.path.isfile(carry["best_file"]):
+        raise UserError(f"--model_load_path: checkpoint not found: {carry['best_file']}")
+
+    for reload in range(first_reload, args.reload):
+        model = build_gsem_model(args, device)
+        if carry["best_file"]:  # warm restart from the best checkpoint so far (or the given initial weights)
+            load_model_state(model, load_checkpoint(carry["best_file"], map_location=device)["model"],
+                             carry["best_file"], args.classifier_name)
+        print(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
+              f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}", flush=True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                    weight_decay=args.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
+        criterion = make_criterion(args, model, device)
+        test_attack = train_attack(args, model)
+        carry.update(fit(
+            model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+            evaluate_fn=lambda m: half_adversarial_accuracy(m, test_loader, test_attack, device,
+                                                            bar=not args.no_bar, amp=args.use_amp),
+            epochs=args.epochs, device=device, args=vars(args), select_key="test_acc",
+            best_path=lambda record: os.path.join(folder, f"{stem}_{record['test_acc']}.pt"),
+            last_path=last_path, log_path=os.path.join(folder, f"{stem}_{method}.log.json"),
+            amp=args.use_amp, bar=not args.no_bar, generator=gen, resume=args.resume and reload == first_reload,
+            stage=reload, carry=carry, log=lambda s: print(s, flush=True)))
+    print(f"best half-adversarial accuracy {carry['best']:.4f}: {carry['best_file']}", flush=True)
+    return carry

@@ -11,6 +11,8 @@ estimator over quantise + noise, so the gradient reaching the input of the modul
 through the concat plus conv1's transpose applied to the smoothing path's gradient), exactly what the reference's
 pair of tensor hooks computes. ``False`` is plain autograd: ``round`` passes no gradient (the masked gradient).
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,6 +67,18 @@ def set_gradient_correction(model: nn.Module, enabled: bool) -> list:
     for m in mods:
         m.gradient_correction = enabled
     return previous
+
+
+@contextlib.contextmanager
+def gradient_correction(model: nn.Module, enabled: bool):
+    """Context manager: every GSeM module of ``model`` with the correction on/off, restored afterwards."""
+    mods = [m for m in model.modules() if isinstance(m, GradSemiMaskModule)]
+    previous = set_gradient_correction(model, enabled)
+    try:
+        yield model
+    finally:
+        for m, p in zip(mods, previous):
+            m.gradient_correction = p
 
 
 class GSeMResNet(ResNet):

@@ -86,24 +86,27 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, b
     return out
 
 
-def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval") -> dict:
+def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval", return_flags=False):
     """Accuracy (%) on ``loader`` in eval mode: ``clean`` and one entry per attack in ``attacks`` (name -> callable
-    ``attack(x, y) -> x_adv``). The model's train/eval mode is restored afterwards."""
+    ``attack(x, y) -> x_adv``), each judged by one forward of its output. The model's train/eval mode is restored
+    afterwards. With ``return_flags`` also returns name -> per-example correctness (bool tensor, CPU)."""
     attacks = attacks or {}
     was_training = model.training
     model.eval()
-    correct = {name: torch.zeros((), device=device) for name in ["clean", *attacks]}
+    flags = {name: [] for name in ["clean", *attacks]}
+    correct = {name: torch.zeros((), device=device) for name in flags}
     seen = 0
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     try:
         for step, (x, y) in enumerate(pbar):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with torch.no_grad():
-                correct["clean"] += (model(x).argmax(1) == y).sum()
-            for name, attack in attacks.items():
-                x_adv = attack(x, y)
+            for name in flags:
+                x_in = x if name == "clean" else attacks[name](x, y)
                 with torch.no_grad():
-                    correct[name] += (model(x_adv).argmax(1) == y).sum()
+                    hit = model(x_in).argmax(1) == y
+                correct[name] += hit.sum()
+                if return_flags:
+                    flags[name].append(hit.cpu())
             seen += y.shape[0]
             if bar and (attacks or step % BAR_REFRESH == 0):
                 pbar.set_postfix({k: f"{100 * v.item() / seen:.2f}" for k, v in correct.items()})
@@ -112,7 +115,10 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
         model.train(was_training)
     if seen == 0:
         raise UserError("the evaluation set is empty")
-    return {name: 100.0 * v.item() / seen for name, v in correct.items()}
+    acc = {name: 100.0 * v.item() / seen for name, v in correct.items()}
+    if return_flags:
+        return acc, {name: torch.cat(f) for name, f in flags.items()}
+    return acc
 
 
 class JsonLog:

@@ -1,0 +1,74 @@
+"""Adapters around pyautoattack (the reference AutoAttack code, repackaged): APGD-CE, APGD-T, FAB-T and Square are
+the library's classes, not rewritten. Each adapter is an :class:`attacks.Attack` (model in eval mode, mode restored).
+GSeM models give the corrected gradient to the library's autograd calls by themselves (the correction is inside the
+module). FAB gets EOT through :class:`EOTFAB`, a small subclass that averages its logit differences and their input
+gradients over ``eot_iter`` noisy passes (as the GSeM reference's AdaptiveFAB).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
+from pyautoattack.fab_pt import FABAttack_PT
+from pyautoattack.square import SquareAttack
+
+from .base import Attack
+
+LOGGER = logging.getLogger("auto-attack")
+
+
+class EOTFAB(FABAttack_PT):
+    """FAB (PyTorch) with EOT: logit differences and gradients averaged over ``eot_iter`` forward passes."""
+
+    def __init__(self, *args, eot_iter: int = 1, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eot_iter = int(eot_iter)
+
+    def _eot(self, fn, *args):
+        dfs, dgs = zip(*(fn(*args) for _ in range(self.eot_iter)))
+        return torch.stack(dfs).mean(0), torch.stack(dgs).mean(0)
+
+    def get_diff_logits_grads_batch(self, imgs, la):
+        return self._eot(super().get_diff_logits_grads_batch, imgs, la)
+
+    def get_diff_logits_grads_batch_targeted(self, imgs, la, la_target):
+        return self._eot(super().get_diff_logits_grads_batch_targeted, imgs, la, la_target)
+
+
+class LibraryAttack(Attack):
+    """Wrap a pyautoattack attack object (anything with ``perturb(x, y)``) as an :class:`Attack`."""
+
+    def __init__(self, model, attack):
+        super().__init__(model)
+        self.attack = attack
+
+    def perturb(self, x, y):
+        self.attack.device = x.device
+        return self.attack.perturb(x, y).detach()
+
+
+def apgd(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, rho=0.75, seed=0, loss="ce"):
+    """APGD (Croce & Hein, ICML 2020), L-inf, library class. Returns the first misclassifying iterate per point
+    (judged by one forward), else the clean image."""
+    return LibraryAttack(model, APGDAttack(model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps, seed=seed,
+                                           loss=loss, eot_iter=eot_iter, rho=rho, logger=LOGGER))
+
+
+def apgd_targeted(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, rho=0.75, seed=0, n_target_classes=9):
+    """APGD-T (DLR-targeted) over the ``n_target_classes`` most likely wrong classes, library class."""
+    return LibraryAttack(model, APGDAttack_targeted(model, n_iter=steps, norm="Linf", n_restarts=restarts, eps=eps,
+                                                    seed=seed, eot_iter=eot_iter, rho=rho,
+                                                    n_target_classes=n_target_classes, logger=LOGGER))
+
+
+def fab_targeted(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, seed=0, n_target_classes=9):
+    """FAB-T (Croce & Hein, ICML 2020), L-inf, library class with EOT (alpha_max 0.1, eta 1.05, beta 0.9)."""
+    return LibraryAttack(model, EOTFAB(model, norm="Linf", n_restarts=restarts, n_iter=steps, eps=eps, seed=seed,
+                                       targeted=True, n_target_classes=n_target_classes, eot_iter=eot_iter))
+
+
+def square(model, *, eps=8 / 255, queries=5000, restarts=1, seed=0):
+    """Square Attack (Andriushchenko et al., ECCV 2020), L-inf, gradient-free, library class (p_init 0.8)."""
+    return LibraryAttack(model, SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8,
+                                             n_restarts=restarts, seed=seed, resc_schedule=False))

@@ -1,0 +1,169 @@
+"""The GSeM evaluation suite: attack constraints and strength, the library wrapper, the script end to end."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pyautoattack.autopgd_base import APGDAttack
+
+import evaluate_gsem
+import train_gsem
+from attacks import PGD
+from attacks.autoattack_lib import apgd
+from attacks.cw import CWL2
+from models import GradSemiMaskModule
+from utils import robust_eval
+from utils.robust_eval import build_attack
+
+
+def linear_task_model():
+    """An undefended (nearly linear) conv net fitted for 20 steps to a linear teacher on 32x32 images."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 2))
+    x = torch.rand(128, 3, 32, 32)
+    w = torch.randn(3, 32, 32)
+    y = ((x - 0.5) * w).sum((1, 2, 3)).gt(0).long()
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    for _ in range(20):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def tiny_gsem(beta=4, classes=10):
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GradSemiMaskModule(4, 6, beta), nn.Conv2d(4, 4, 3, stride=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, classes)).eval()
+
+
+def acc(model, x, y):
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_pgd_and_apgd_break_an_undefended_model_at_8_255():
+    model, x, y = linear_task_model()
+    assert acc(model, x, y) > 0.95
+    assert acc(model, PGD(model, steps=20)(x, y), y) < 0.05
+    assert acc(model, apgd(model, steps=20)(x, y), y) < 0.05
+
+
+@pytest.mark.parametrize("name", ["PGD500", "PGD-uncorrected", "CWinf", "APGD500", "AA"])
+def test_linf_attacks_keep_the_eps_ball_and_range(name):
+    model = tiny_gsem()
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    attack, settings = build_attack(name, model, eot=2, scale=0.01)
+    x_adv = attack(x, y)
+    assert settings["eps"] == pytest.approx(8 / 255)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert not model.training
+
+
+def test_cw_l2_stays_in_range_and_finds_adversarials_on_an_undefended_model():
+    model, x, y = linear_task_model()
+    x_adv = CWL2(model, c=10.0, steps=100, lr=0.01, eot_iter=1)(x, y)
+    assert x_adv.min() >= 0 and x_adv.max() <= 1
+    assert acc(model, x_adv, y) < 0.5
+    assert torch.equal(CWL2(model, steps=0)(x, y), x)  # nothing found: the clean image comes back
+
+
+def test_apgd_wrapper_equals_the_library_on_a_deterministic_model():
+    model = tiny_gsem(beta=0)
+    torch.manual_seed(1)
+    x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    ours, _ = build_attack("APGD500", model, eot=2, scale=0.02, seed=0)
+    x_ours = ours(x, y)
+    lib = APGDAttack(model, n_iter=10, norm="Linf", n_restarts=1, eps=8 / 255, seed=0, loss="ce", eot_iter=2, rho=0.75)
+    x_lib = lib.perturb(x, y)
+    assert acc(model, x_ours, y) == acc(model, x_lib, y)
+    assert torch.allclose(x_ours, x_lib)
+
+
+def test_corrected_attack_at_least_as_strong_as_uncorrected_on_a_gsem_model():
+    model = tiny_gsem(beta=0, classes=2)
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    y = (x[:, 0].mean((1, 2)) > x[:, 1].mean((1, 2))).long()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    model.train()
+    for _ in range(30):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    accs = {}
+    for name in ("PGD500", "PGD-uncorrected"):
+        torch.manual_seed(2)
+        attack, _ = build_attack(name, model, eps=4 / 255, eot=1, scale=0.04)
+        accs[name] = acc(model, attack(x, y), y)
+    assert accs["PGD500"] <= accs["PGD-uncorrected"]
+
+
+@pytest.fixture(scope="module")
+def gsem_checkpoint(cifar10_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gsem")
+    carry = train_gsem.main(train_gsem.get_args([
+        "--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10", "--data_path", cifar10_root,
+        "--model_save_path", str(out), "--subset", "12", "--batch_size", "6", "--epochs", "1", "--reload", "1",
+        "--gra_eot_num", "1", "--att_eot_num", "1", "--attack_steps", "1", "--workers", "0", "--no_bar",
+        "--best_acc", "-1", "--alpha", "5", "--beta", "3"]))
+    return carry["best_file"]
+
+
+def eval_args(root, ckpt, out, *extra):
+    return ["--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10", "--model_load_path", ckpt,
+            "--data_path", root, "--result_path", str(out), "--n_examples", "6", "--steps_scale", "0.002",
+            "--att_eot_num", "1", "--workers", "0", "--no_bar", *extra]
+
+
+def test_seed_command_parses_and_defaults_are_the_reference_settings():
+    args = evaluate_gsem.get_args(["--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10",
+                                   "--model_load_path", "xxxx.pt"])
+    assert args.attacks == ["Clean", "PGD500", "CW100", "APGD500", "AA"]
+    assert (args.batch_size, args.att_eot_num, args.eps, args.repeat, args.steps_scale, args.amp) == \
+        (512, 20, 8.0, 1, 1.0, False)
+    s = {name: build_attack(name, tiny_gsem())[1] for name in args.attacks}
+    assert (s["PGD500"]["steps"], s["PGD500"]["alpha"], s["PGD500"]["eot_iter"]) == (500, 2 / 255, 20)
+    assert (s["CW100"]["steps"], s["CW100"]["c"], s["CW100"]["kappa"], s["CW100"]["lr"], s["CW100"]["bounded"]) == \
+        (500, 1.0, 0.0, 0.01, False)
+    assert (s["APGD500"]["steps"], s["APGD500"]["restarts"], s["APGD500"]["rho"]) == (500, 50, 0.75)
+    assert (s["AA"]["iterations"], s["AA"]["queries"], s["AA"]["n_target_classes"]) == (10, 5000, 9)
+
+
+def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem_checkpoint, tmp_path, capsys,
+                                                             monkeypatch):
+    record = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *robust_eval.ALL_ATTACKS, "--repeat", "2",
+        "--worst_case")))
+    out = capsys.readouterr().out
+    for name in ("Clean", "PGD500", "CW100", "APGD500", "AA"):
+        assert f"\n{name}: " in out
+    assert (record["settings"]["alpha"], record["settings"]["beta"]) == (5, 3)  # taken from the checkpoint
+    assert set(record["results"]) == set(robust_eval.ALL_ATTACKS) and "sanity" in record
+    assert len(record["results"]["PGD500"]["accs"]) == 2
+    assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in record["results"].items() if k != "Clean")
+    path = tmp_path / (os.path.basename(gsem_checkpoint)[:-3] + "_cifar10_eval.json")
+    assert json.loads(path.read_text())["checkpoint_sha256"] == record["checkpoint_sha256"]
+    assert path.with_suffix(".md").read_text().count("| PGD500 |") == 1
+
+    built = []
+    real = evaluate_gsem.build_attack
+    monkeypatch.setattr(evaluate_gsem, "build_attack", lambda name, *a, **k: built.append(name) or real(name, *a, **k))
+    evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "Clean", "PGD500", "CWinf", "--repeat", "2",
+        "--worst_case", "--resume", "--no-sanity_checks")))
+    assert built == []  # everything was already done for this checkpoint and these settings
+
+
+def test_bad_checkpoints_give_clear_messages(cifar10_root, gsem_checkpoint, tmp_path, capsys):
+    for extra, expected in ((["--classifier_name", "GSeMWideResNet28x10"], "does not match model"),
+                            (["--beta", "4"], "differs from the checkpoint's beta 3"),
+                            (["--model_load_path", str(tmp_path / "none.pt")], "checkpoint not found")):
+        with pytest.raises(SystemExit) as e:
+            evaluate_gsem.main(evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, *extra)))
+        assert e.value.code == 2 and expected in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "FGSM"))

@@ -10,6 +10,8 @@ Workloads (CIFAR-shaped random data, one SGD step each, train mode):
   gsem-batched GSeM-ResNet-18 gradient-corrected step (train_gsem.py: PGD-10 x EOT-10 on half the batch, 10 EOT
                weight passes), attack EOT batched (one forward of 10 x B/2 images)
   gsem-looped  the same with the reference's sequential EOT loop in the attack
+  pgd-batched  one PGD step with EOT 20 on GSeM-ResNet-18 (eval mode), the 20 noisy passes as one batched forward
+  pgd-looped   the same as 20 sequential forward/backward passes (the reference's AdaptivePGD)
 Prints a markdown table (images/s, ms per step, cost relative to the family's baseline: plain for the FGR rows,\ngsem-looped for the GSeM rows) and optionally writes JSON.
 """
 from __future__ import annotations
@@ -33,11 +35,17 @@ from utils.regularizers import GradientRegularizedCE  # noqa: E402
 
 
 def time_steps(model, criterion, x, y, steps, warmup, device):
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
+    """Seconds per call of a training step (``criterion`` for ``train_step``) or, for an attack (a callable with a
+    ``model`` attribute and no criterion protocol), per attack call; and peak CUDA memory."""
+    if isinstance(criterion, PGD):
+        def step():
+            criterion(x, y)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model.train()
 
-    def step():
-        train_step(model, opt, criterion, x, y, device)
+        def step():
+            train_step(model, opt, criterion, x, y, device)
 
     for _ in range(warmup):
         step()
@@ -61,7 +69,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--workloads", type=str, nargs="+", default=["plain", "fgr-native", "fgr-gather"],
-                   help="any of plain fgr-native fgr-gather gsem-batched gsem-looped")
+                   help="any of plain fgr-native fgr-gather gsem-batched gsem-looped pgd-batched pgd-looped")
     p.add_argument("--json", type=str, default=None)
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -79,6 +87,8 @@ def main(argv=None):
         "fgr-gather": ("vgg11", lambda m: GradientRegularizedCE("fgr", 300.0, 0.01, sampler="gather")),
         "gsem-batched": gsem(True),
         "gsem-looped": gsem(False),
+        "pgd-batched": ("GSeMResNet18", lambda m: PGD(m, 8 / 255, 2 / 255, 1, eot_iter=20, batched_eot=True)),
+        "pgd-looped": ("GSeMResNet18", lambda m: PGD(m, 8 / 255, 2 / 255, 1, eot_iter=20, batched_eot=False)),
     }
     rows = {}
     for name in args.workloads:
@@ -87,8 +97,9 @@ def main(argv=None):
         model = build_model(model_name, 10).to(device)
         sec, mem = time_steps(model, make(model), x, y, args.steps, args.warmup, device)
         rows[name] = {"ms_per_step": 1000 * sec, "images_per_s": args.batch_size / sec, "peak_mem_mib": mem}
-    for name, r in rows.items():  # cost relative to the family's baseline: plain (FGR rows), gsem-looped (GSeM rows)
-        base = rows.get("gsem-looped" if name.startswith("gsem") else "plain")
+    baselines = {"gsem": "gsem-looped", "pgd": "pgd-looped"}
+    for name, r in rows.items():  # cost relative to the family's baseline: plain, gsem-looped, pgd-looped
+        base = rows.get(baselines.get(name.split("-")[0], "plain"))
         r["relative"] = r["ms_per_step"] / base["ms_per_step"] if base else None
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"\nbatch {args.batch_size}, device: {dev}, torch {torch.__version__}\n")

@@ -3,7 +3,8 @@
     python main.py --data_path your_path --data_name cifar10 --model_name vgg11 --fgr_lamb 300
 
 Defaults are the reference recipe: 80 epochs, batch 128, SGD lr 0.01 momentum 0.9 weight decay 5e-4, lr x0.1 at
-epochs 40 and 60, random flow start sigma 0.01, checkpoint = best clean test accuracy.
+epochs 40 and 60, random flow start sigma 0.01, checkpoint = best clean test accuracy. Baselines: --reg igr (input
+gradient regularization), --adv_train flow (adversarial deformation training, alone or with FGR).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_r
 from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
 from utils.engine import evaluate, fit, resolve_device
 from utils.errors import cli_entry
+from attacks import FlowAttack
+from utils.losses import OnAdversarial
 from utils.regularizers import GradientRegularizedCE
 
 
@@ -60,6 +63,8 @@ def main(args):
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
     criterion = GradientRegularizedCE(args.reg, args.fgr_lamb, args.rs_sigma, args.sampler)
+    if args.adv_train == "flow":
+        criterion = OnAdversarial(criterion, FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps))
     name = fgr_run_name(args)
     print(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
     fit(model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,

@@ -2,5 +2,7 @@
 from .base import Attack, eval_mode
 from .flow import FlowAttack
 from .pgd import PGD
+from .stadv import StAdv
+from .adef import ADef
 
-__all__ = ["Attack", "eval_mode", "FlowAttack", "PGD"]
+__all__ = ["Attack", "eval_mode", "FlowAttack", "PGD", "StAdv", "ADef"]

@@ -67,6 +67,12 @@ def add_fgr_model_args(p: argparse.ArgumentParser) -> None:
                         "standard: pad-4 crop + flip (test: raw images)")
     p.add_argument("--normalize", action="store_true",
                    help="normalise inputs by the dataset mean/std inside the model (the reference does not)")
+    p.add_argument("--adv_train", type=str, default="none", choices=["none", "flow"],
+                   help="flow: train on multi-step L-inf flow adversarial examples (with --fgr_lamb > 0, FGR is "
+                        "applied at the adversarially deformed input)")
+    p.add_argument("--adv_eps", type=nonneg_float, default=0.01,
+                   help="training attack flow budget, normalised units (0.01 = 0.155 px at 32x32)")
+    p.add_argument("--adv_steps", type=positive_int, default=7, help="training attack steps (step adv_eps/adv_steps)")
     p.add_argument("--weight_path", type=str, default="./weights", help="folder of checkpoints")
     p.add_argument("--result_path", type=str, default="./results", help="folder of result JSON files")
 
@@ -79,6 +85,8 @@ def fgr_run_name(args) -> str:
         name += f"_{args.reg}_{args.fgr_lamb}"
         if args.rs_sigma > 0:
             name += f"_rs_{args.rs_sigma}"
+    if args.adv_train != "none":
+        name += f"_adv_{args.adv_train}_{args.adv_eps}_k{args.adv_steps}"
     if args.augment != "reference":
         name += f"_aug_{args.augment}"
     if args.normalize:

@@ -35,6 +35,24 @@ def normalized_to_pixels(value: float, size: int) -> float:
     return value * (size - 1) / 2.0
 
 
+def pixel_flow_to_normalized(flow_px: torch.Tensor) -> torch.Tensor:
+    """B x 2 x H x W flow in pixels (channel 0 horizontal, 1 vertical; the stAdv/ADef layout) -> B x H x W x 2
+    normalised align_corners=True flow (this module's layout)."""
+    _, _, h, w = flow_px.shape
+    scale = flow_px.new_tensor([2.0 / (w - 1), 2.0 / (h - 1)]).view(1, 2, 1, 1)
+    return (flow_px * scale).permute(0, 2, 3, 1)
+
+
+def flow_norms_pixels(flow: torch.Tensor) -> dict:
+    """Per-example magnitudes of a normalised B x H x W x 2 flow, in pixels: ``tnorm`` (the largest displacement
+    length, ADef's T-norm), ``linf`` (the largest displacement along one axis) and ``mean`` (mean displacement
+    length)."""
+    _, h, w, _ = flow.shape
+    px = flow * flow.new_tensor([(w - 1) / 2.0, (h - 1) / 2.0])
+    length = px.pow(2).sum(-1).sqrt().flatten(1)
+    return {"tnorm": length.max(1)[0], "linf": px.abs().flatten(1).max(1)[0], "mean": length.mean(1)}
+
+
 def identity_grid(x: torch.Tensor) -> torch.Tensor:
     """The identity sampling grid for ``x`` (B x C x H x W): B x H x W x 2, align_corners=True, as the reference
     builds it (``affine_grid`` with the identity matrix), in ``x``'s dtype and device."""

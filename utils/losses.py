@@ -26,6 +26,17 @@ def mart_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tenso
     return loss_adv + beta * loss_robust
 
 
+class OnAdversarial:
+    """Adversarial training around any criterion: the whole batch is replaced by ``attack(x, y)`` and
+    ``criterion(model, x_adv, y)`` is returned (e.g. FGR's ``CE + lambda * R`` at the adversarially deformed input)."""
+
+    def __init__(self, criterion, attack):
+        self.criterion, self.attack = criterion, attack
+
+    def __call__(self, model, x, y):
+        return self.criterion(model, self.attack(x, y), y)
+
+
 class MixedAdversarialCE:
     """train_gsem.py: the even-indexed half of the batch is replaced by adversarial examples, then plain CE over the
     mixed batch, averaged over ``gra_eot`` noisy passes."""

@@ -1,0 +1,98 @@
+"""The FGR paper's figure: clean accuracy against adversarial accuracy, one point per run (lambda), one panel per
+attack. Reads the result JSON files written by ``evaluate.py``.
+
+    python -m utils.plots --result_path results --out figures/cifar10_vgg11.png
+
+Writes FILE.png and FILE.pdf. ``--reference`` adds the authors' CIFAR-10 VGG-11 points (flow attack, eps 0.01,
+K 100) to the flow panel for comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+# the authors' result files (lambda: (clean, adversarial)), CIFAR-10 VGG-11, flow attack eps 0.01, K 100
+REFERENCE_POINTS = {0: (0.9027, 0.0641), 100: (0.8724, 0.4795), 200: (0.8602, 0.5306), 300: (0.8536, 0.5515)}
+
+
+def load_results(result_path: str) -> list[dict]:
+    """Every evaluate.py record in ``result_path`` (files with ``val_acc`` and per-attack rows)."""
+    records = []
+    for path in sorted(glob.glob(os.path.join(result_path, "*.json"))):
+        try:
+            with open(path) as f:
+                rec = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(rec, dict) and "val_acc" in rec and ("attacks" in rec or "adv_acc" in rec):
+            rec.setdefault("attacks", {"flow": {"acc": rec["adv_acc"]}})
+            rec["_file"] = os.path.basename(path)
+            records.append(rec)
+    return records
+
+
+def label_of(rec: dict) -> str:
+    a = rec.get("args", {})
+    lamb = a.get("fgr_lamb")
+    if lamb is None:
+        return rec["_file"][:-5]
+    parts = [f"{a.get('reg', 'fgr').upper()} λ={lamb:g}" if lamb else "plain"]
+    if a.get("adv_train", "none") != "none":
+        parts.append("+ AT")
+    return " ".join(parts)
+
+
+def plot(records: list[dict], out: str, reference: bool = False) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = ["flow", "stadv", "adef"]
+    attacks = sorted({name for rec in records for name in rec["attacks"]},
+                     key=lambda n: (order.index(n) if n in order else len(order), n))
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.8), squeeze=False)
+    for ax, attack in zip(axes[0], attacks):
+        rows = [(100 * r["val_acc"], 100 * r["attacks"][attack]["acc"], label_of(r), r) for r in records
+                if attack in r["attacks"]]
+        rows.sort(key=lambda t: (t[3].get("args", {}).get("reg", ""), t[3].get("args", {}).get("fgr_lamb") or 0))
+        for clean, adv, label, _ in rows:
+            ax.scatter(clean, adv, s=36, zorder=3)
+            ax.annotate(label, (clean, adv), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if reference and attack == "flow":
+            xs, ys = zip(*[(100 * c, 100 * a) for c, a in REFERENCE_POINTS.values()])
+            ax.plot(xs, ys, "k--", marker="x", lw=1, label="authors (λ = 0, 100, 200, 300)")
+            ax.legend(fontsize=8, loc="lower left")
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel("adversarial accuracy (%)")
+        ax.set_title(attack)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    stem = os.path.splitext(out)[0]
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    paths = [stem + ".png", stem + ".pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--result_path", type=str, default="./results", help="folder of evaluate.py JSON files")
+    p.add_argument("--out", type=str, default="./figures/fgr.png", help="output file (PNG; a PDF is written too)")
+    p.add_argument("--reference", action="store_true", help="overlay the authors' CIFAR-10 VGG-11 points")
+    args = p.parse_args(argv)
+    records = load_results(args.result_path)
+    if not records:
+        print(f"error: no evaluate.py result files (*.json with val_acc) in {args.result_path}", file=sys.stderr)
+        raise SystemExit(2)
+    for path in plot(records, args.out, args.reference):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ settings and the deformation it needed (T-norm in pixels of the successful examp
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import time
@@ -25,6 +26,7 @@ from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, format_args,
                        nonneg_float, positive_float, positive_int, seed_everything)
 from utils.data import dataset_stats, fgr_transforms, load_dataset, num_classes
+from utils import distributed as dist
 from utils.engine import evaluate, resolve_device
 from utils.errors import cli_entry
 from utils.flow import flow_norms_pixels, normalized_to_pixels
@@ -100,9 +102,12 @@ def write_table(path, record):
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
+    device = resolve_device(args.device)
+    dist.init(device.type)
+    device = dist.local_device(device)
+    print = builtins.print if dist.is_main() else (lambda *a, **k: None)  # noqa: A001  (rank 0 reports)
     print("args:", format_args(args), flush=True)
     seed_everything(args.seed)
-    device = resolve_device(args.device)
     name = fgr_run_name(args)
     path = args.checkpoint or os.path.join(args.weight_path, f"{name}.pt")
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -115,9 +120,12 @@ def main(args):
     test_set = load_dataset(args.data_name, args.data_path, False, test_tf)
     if args.subset:
         test_set = Subset(test_set, range(min(args.subset, len(test_set))))
-    loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False, num_workers=args.workers)
+    n_examples = len(test_set)
+    shard = Subset(test_set, list(dist.shard(n_examples)))  # under torchrun each rank attacks a contiguous block
+    loader = DataLoader(shard, batch_size=args.batch_size, shuffle=False,
+                        num_workers=min(args.workers, os.cpu_count() or 1))
     size = test_set[0][0].shape[-1]
-    record = {"name": name, "val_acc": None, "adv_acc": None, "attacks": {}, "n_examples": len(test_set),
+    record = {"name": name, "val_acc": None, "adv_acc": None, "attacks": {}, "n_examples": n_examples,
               "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
               "trained_epochs": ckpt.get("epoch"), "device": str(device), "args": vars(args)}
     for attack_name in args.attacks:
@@ -127,7 +135,7 @@ def main(args):
         acc, flags = evaluate(model, loader, device, {attack_name: recorder}, bar=not args.no_bar,
                               desc=attack_name, return_flags=True)
         success = flags["clean"] & ~flags[attack_name]  # correct before, fooled after
-        tnorm = torch.cat(recorder.tnorms)[success]
+        tnorm = dist.all_gather_cat(torch.cat(recorder.tnorms))[success]
         record["val_acc"] = acc["clean"] / 100
         record["attacks"][attack_name] = {
             "acc": acc[attack_name] / 100, "settings": settings, "n_success": int(success.sum()),
@@ -144,13 +152,14 @@ def main(args):
         median = record["attacks"][attack_name]["tnorm_px_median"]
         print(f"adv   - acc: {acc[attack_name] / 100:.4f}  ({detail}; median T-norm of successful flows "
               f"{'-' if median is None else f'{median:.3f} px'})", flush=True)
-        os.makedirs(args.result_path, exist_ok=True)
         out = os.path.join(args.result_path, f"{name}.json")
-        tmp = out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=2)
-        os.replace(tmp, out)
-        write_table(out[:-len(".json")] + ".md", record)
+        if dist.is_main():
+            os.makedirs(args.result_path, exist_ok=True)
+            tmp = out + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(record, f, indent=2)
+            os.replace(tmp, out)
+            write_table(out[:-len(".json")] + ".md", record)
     print(f"wrote {out} and {out[:-len('.json')]}.md", flush=True)
     return record
 

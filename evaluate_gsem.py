@@ -10,6 +10,7 @@ every finished attack. ``--resume`` skips attacks already done for the same chec
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import statistics
@@ -25,6 +26,7 @@ from models import build_model
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import add_run_args, check_model_name, format_args, nonneg_int, positive_float, positive_int
 from utils.data import load_dataset, num_classes
+from utils import distributed as dist
 from utils.engine import autocast, evaluate, resolve_device
 from utils.errors import UserError, cli_entry
 from utils.robust_eval import ALL_ATTACKS, REFERENCE_SUITE, build_attack, standard_error
@@ -116,7 +118,7 @@ def write_outputs(path: str, record: dict) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def sanity_checks(model, loader, args, device, results, stages) -> tuple[dict, list]:
+def sanity_checks(model, loader, args, device, results, stages, record_n) -> tuple[dict, list]:
     """Gradient-masking checks on the first loader batches (see --sanity_checks)."""
     checks, warnings = {}, []
     eot, eps = args.att_eot_num, args.eps / 255
@@ -131,7 +133,7 @@ def sanity_checks(model, loader, args, device, results, stages) -> tuple[dict, l
                         f"masked or the attack too short")
     checks["pgd10_acc"] = acc["PGD10"]
     if "PGD500" in results:
-        n = len(loader.dataset)
+        n = record_n
         longer = results["PGD500"]["acc"]
         checks["pgd500_minus_pgd10"] = longer - acc["PGD10"]
         if longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n):
@@ -150,16 +152,20 @@ def sanity_checks(model, loader, args, device, results, stages) -> tuple[dict, l
 @cli_entry
 def main(args):
     args.classifier_name = check_model_name(args.classifier_name)
-    print("args:", format_args(args), flush=True)
     device = resolve_device(args.device)
+    dist.init(device.type)
+    device = dist.local_device(device)
+    print = builtins.print if dist.is_main() else (lambda *a, **k: None)  # noqa: A001  (rank 0 reports)
+    print("args:", format_args(args), flush=True)
     model = load_gsem_model(args, device)
     test_set = load_dataset(args.dataset_name, args.data_path, False, transforms.ToTensor())
     n = min(args.n_examples or len(test_set), len(test_set))
-    test_set = Subset(test_set, range(n))
+    test_set = Subset(test_set, list(dist.shard(n)))  # under torchrun each rank attacks a contiguous block
     loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False,
                         num_workers=min(args.workers, os.cpu_count() or 1))
 
-    os.makedirs(args.result_path, exist_ok=True)
+    if dist.is_main():
+        os.makedirs(args.result_path, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.model_load_path))[0]
     out = os.path.join(args.result_path, f"{stem}_{args.dataset_name}_eval.json")
     sha = file_sha256(args.model_load_path)
@@ -201,7 +207,8 @@ def main(args):
                  "seeds": [args.seed + d for d in range(args.repeat)],
                  "seconds": time.time() - t0, "robust_flags": flags_to_str(flags)}
             record["results"][name] = r
-            write_outputs(out, record)
+            if dist.is_main():
+                write_outputs(out, record)
         extra = " (unbounded L2, 500 steps)" if name == "CW100" else ""
         spread = f"  [mean {r['mean']:.2f} ± {r['std']:.2f} over {len(r['accs'])} draws]" if len(r["accs"]) > 1 else ""
         print(f"{name}: {r['acc']:.2f}%{extra}{spread}", flush=True)
@@ -214,10 +221,11 @@ def main(args):
         record["worst_case"] = {"attacks": names, "acc": 100.0 * int(robust.sum()) / n}
         print(f"Worst case: {record['worst_case']['acc']:.2f}%", flush=True)
     if args.sanity_checks:
-        record["sanity"], record["warnings"] = sanity_checks(model, loader, args, device, record["results"], stages)
+        record["sanity"], record["warnings"] = sanity_checks(model, loader, args, device, record["results"], stages, n)
         for w in record["warnings"]:
             print(f"warning: {w}", flush=True)
-    write_outputs(out, record)
+    if dist.is_main():
+        write_outputs(out, record)
     print(f"wrote {out} and {out[:-5]}.md", flush=True)
     return record
 

@@ -18,6 +18,7 @@ from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_r
                        positive_float, positive_int, seed_everything)
 from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
 from utils.engine import evaluate, fit, resolve_device
+from utils import distributed as dist
 from utils.errors import cli_entry
 from attacks import FlowAttack
 from utils.losses import OnAdversarial
@@ -43,15 +44,19 @@ def get_args(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast on CUDA (off by default: the reference trains in fp32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <name>.last.pt")
+    p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     return p.parse_args(argv)
 
 
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
-    print("args:", format_args(args), flush=True)
-    seed_everything(args.seed)
     device = resolve_device(args.device)
+    dist.init(device.type)
+    device = dist.local_device(device)
+    say = print if dist.is_main() else (lambda *a, **k: None)
+    say("args:", format_args(args), flush=True)
+    seed_everything(args.seed)
     n_cls = num_classes(args.data_name)
     train_tf, test_tf = fgr_transforms(args.augment)
     train_loader, test_loader, gen = make_loaders(
@@ -59,23 +64,25 @@ def main(args):
         workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda")
     normalize = dataset_stats(args.data_name) if args.normalize else None
     model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+    train_model = dist.wrap(model, device, args.sync_bn)  # DDP under torchrun; the model itself otherwise
+    model = dist.unwrap(train_model)  # attacks and evaluation use the plain module
+    optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
     criterion = GradientRegularizedCE(args.reg, args.fgr_lamb, args.rs_sigma, args.sampler)
     if args.adv_train == "flow":
         criterion = OnAdversarial(criterion, FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps))
     name = fgr_run_name(args)
-    print(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
-    fit(model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-        evaluate_fn=lambda m: {"val_acc": evaluate(m, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
+    say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
+    fit(model=train_model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+        evaluate_fn=lambda m: {"val_acc": evaluate(model, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
         epochs=args.epochs, device=device, args=vars(args), select=args.select,
         best_path=os.path.join(args.weight_path, f"{name}.pt"),
         last_path=os.path.join(args.weight_path, f"{name}.last.pt"),
         log_path=os.path.join(args.weight_path, f"{name}.log.json"),
         amp=args.amp, bar=not args.no_bar, generator=gen, resume=args.resume,
         log=lambda s: print(s, flush=True))
-    print(f"saved {os.path.join(args.weight_path, name + '.pt')}", flush=True)
+    say(f"saved {os.path.join(args.weight_path, name + '.pt')}", flush=True)
 
 
 if __name__ == "__main__":

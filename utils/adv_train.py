@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from attacks import PGD
 from models import build_model
 
+from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state
 from .cli import add_run_args, check_model_name, format_args, nonneg_int, positive_float, positive_int, seed_everything
 from .data import gsem_transforms, make_loaders, num_classes
@@ -54,6 +55,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best_acc", type=float, default=0.0,
                    help="a checkpoint is written only when the selection accuracy (fraction) beats this")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (any reload, any epoch)")
+    p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
     add_run_args(p)
     p.set_defaults(data_path="./dataset", workers=2)
 
@@ -72,7 +74,8 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=Fa
     model.eval()
     correct = torch.zeros(2, device=device)  # [adversarial half, clean half]
     count = [0, 0]
-    pbar = tqdm(loader, desc="half-adversarial test", disable=not bar, leave=False, dynamic_ncols=True)
+    pbar = tqdm(loader, desc="half-adversarial test", disable=not (bar and dist.is_main()), leave=False,
+                dynamic_ncols=True)
     try:
         for x, y in pbar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -89,9 +92,10 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=Fa
     finally:
         pbar.close()
         model.train(was_training)
-    adv, clean = correct.tolist()
-    return {"test_acc": (adv + clean) / sum(count), "clean_acc": clean / max(count[1], 1),
-            "adv_acc": adv / max(count[0], 1)}
+    totals = dist.all_reduce_sum(torch.cat([correct, torch.tensor(count, device=device, dtype=correct.dtype)]))
+    adv, clean, n_adv, n_clean = (int(round(v)) for v in totals.tolist())
+    return {"test_acc": (adv + clean) / (n_adv + n_clean), "clean_acc": clean / max(n_clean, 1),
+            "adv_acc": adv / max(n_adv, 1)}
 
 
 def build_gsem_model(args, device):
@@ -108,9 +112,12 @@ def run_gsem_training(args, method: str, make_criterion):
     JSON log (``..._<method>.last.pt``, ``..._<method>.log.json``) so the three scripts never share them.
     """
     args.classifier_name = check_model_name(args.classifier_name)
-    print("args:", format_args(args), flush=True)
-    seed_everything(args.seed)
     device = resolve_device(args.device)
+    dist.init(device.type)
+    device = dist.local_device(device)
+    say = print if dist.is_main() else (lambda *a, **k: None)
+    say("args:", format_args(args), flush=True)
+    seed_everything(args.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the reference
     train_tf, test_tf = gsem_transforms()
@@ -135,21 +142,27 @@ def run_gsem_training(args, method: str, make_criterion):
         if carry["best_file"]:  # warm restart from the best checkpoint so far (or the given initial weights)
             load_model_state(model, load_checkpoint(carry["best_file"], map_location=device)["model"],
                              carry["best_file"], args.classifier_name)
-        print(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
+        train_model = dist.wrap(model, device, args.sync_bn)  # DDP under torchrun; the model itself otherwise
+        model = dist.unwrap(train_model)  # attacks, AWP and evaluation use the plain module
+        say(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
               f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}", flush=True)
-        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+        optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
         criterion = make_criterion(args, model, device)
         test_attack = train_attack(args, model)
+        if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
+            torch.distributed.barrier()
         carry.update(fit(
-            model=model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-            evaluate_fn=lambda m: half_adversarial_accuracy(m, test_loader, test_attack, device,
+            model=train_model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
+            evaluate_fn=lambda m: half_adversarial_accuracy(dist.unwrap(m), test_loader, test_attack, device,
                                                             bar=not args.no_bar, amp=args.use_amp),
             epochs=args.epochs, device=device, args=vars(args), select_key="test_acc",
             best_path=lambda record: os.path.join(folder, f"{stem}_{record['test_acc']}.pt"),
             last_path=last_path, log_path=os.path.join(folder, f"{stem}_{method}.log.json"),
             amp=args.use_amp, bar=not args.no_bar, generator=gen, resume=args.resume and reload == first_reload,
             stage=reload, carry=carry, log=lambda s: print(s, flush=True)))
-    print(f"best half-adversarial accuracy {carry['best']:.4f}: {carry['best_file']}", flush=True)
+        if dist.world_size() > 1:
+            torch.distributed.barrier()
+    say(f"best half-adversarial accuracy {carry['best']:.4f}: {carry['best_file']}", flush=True)
     return carry

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import all_reduce_sum, world_size
 from .eot import eot_backward
 
 EPS = 1e-20
@@ -35,6 +36,9 @@ class AWP:
             return -F.cross_entropy(logits, y), logits
 
         eot_backward(one_pass, self.eot)
+        for p in self.proxy.parameters():  # distributed: the proxy step uses the gradient of the global batch
+            if p.grad is not None:
+                all_reduce_sum(p.grad).div_(world_size())
         self.proxy_optim.step()
         diff = {}
         proxy_sd = self.proxy.state_dict()

@@ -12,9 +12,10 @@ import pickle
 from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
+from . import distributed as dist
 from .errors import UserError
 
 
@@ -213,6 +214,14 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
     gen = torch.Generator().manual_seed(seed)
     workers = min(workers, os.cpu_count() or 1)  # more workers than cores only adds overhead
     common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
-    train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, drop_last=False, generator=gen, **common)
+    world = dist.world_size()
+    if world > 1:  # global batch unchanged: each rank takes batch_size / world; test set in contiguous shards
+        if batch_size % world:
+            raise UserError(f"--batch_size {batch_size} must be divisible by the number of processes ({world})")
+        sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=False)
+        train_loader = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, **common)
+        test_set = Subset(test_set, dist.shard(len(test_set)))
+    else:
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen, **common)
     test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, **common)
     return train_loader, test_loader, gen

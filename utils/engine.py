@@ -18,6 +18,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed as dist
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .errors import UserError
 
@@ -66,6 +67,7 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, b
     correct = torch.zeros((), device=device)
     seen = 0
     t0 = time.time()
+    bar = bar and dist.is_main()
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     for step, (x, y) in enumerate(pbar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -78,10 +80,15 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp=False, b
         if bar and step % BAR_REFRESH == 0:
             pbar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
     pbar.close()
+    # one reduction per epoch over ranks: [sums..., correct, seen]
+    keys = list(sums)
+    totals = dist.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
+                                              torch.tensor(float(seen), device=device)]))
+    seen = totals[-1].item()
     if seen == 0:
         raise UserError("the training set is empty")
-    out = {k: v.item() / seen for k, v in sums.items()}
-    out["acc"] = 100.0 * correct.item() / seen
+    out = {k: totals[i].item() / seen for i, k in enumerate(keys)}
+    out["acc"] = 100.0 * totals[-2].item() / seen
     out["time"] = time.time() - t0
     return out
 
@@ -96,6 +103,7 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
     flags = {name: [] for name in ["clean", *attacks]}
     correct = {name: torch.zeros((), device=device) for name in flags}
     seen = 0
+    bar = bar and dist.is_main()
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     try:
         for step, (x, y) in enumerate(pbar):
@@ -113,11 +121,15 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
     finally:
         pbar.close()
         model.train(was_training)
+    names = list(correct)
+    totals = dist.all_reduce_sum(torch.stack([*(correct[k].float() for k in names),
+                                              torch.tensor(float(seen), device=device)]))
+    seen = totals[-1].item()
     if seen == 0:
         raise UserError("the evaluation set is empty")
-    acc = {name: 100.0 * v.item() / seen for name, v in correct.items()}
-    if return_flags:
-        return acc, {name: torch.cat(f) for name, f in flags.items()}
+    acc = {name: 100.0 * totals[i].item() / seen for i, name in enumerate(names)}
+    if return_flags:  # ranks hold contiguous shards: concatenating in rank order restores the order
+        return acc, {name: dist.all_gather_cat(torch.cat(f)) for name, f in flags.items()}
     return acc
 
 
@@ -159,6 +171,10 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
     Returns ``{"record", "best", "best_file", "history"}`` to carry on.
     """
     carry = carry or {}
+    main_rank = dist.is_main()
+    if not main_rank:
+        log = lambda *a, **k: None  # noqa: E731
+    net = dist.unwrap(model)  # what is saved and loaded (no DDP/compile prefixes)
     start = 0
     best, best_file, history = carry.get("best", -math.inf), carry.get("best_file"), list(carry.get("history", []))
     if resume and os.path.isfile(last_path):
@@ -169,7 +185,7 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise UserError(f"--resume: {last_path} was written with other settings ({detail})")
         if state.get("stage", 0) == stage:
-            model.load_state_dict(state["model"])
+            net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"], generator)
@@ -181,6 +197,8 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
     json_log = JsonLog(log_path, args, history)
     record = history[-1] if history else {}
     for epoch in range(start, epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new order every epoch
+            train_loader.sampler.set_epoch(epoch + 1000 * stage)
         lr = optimizer.param_groups[0]["lr"]
         train_stats = train_one_epoch(model, train_loader, optimizer, criterion, device, amp=amp, bar=bar,
                                       desc=f"epoch {epoch + 1}/{epochs}")
@@ -190,21 +208,26 @@ def fit(*, model, criterion, optimizer, scheduler, train_loader, evaluate_fn, ep
         best = max(best, metrics[select_key])
         record = {"stage": stage, "epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
                   **metrics, f"best_{select_key}": best}
-        json_log.append(record)
-        state = {"format": "robust-deform/1", "model": model.state_dict(), "args": args, "epoch": epoch + 1,
+        if main_rank:
+            json_log.append(record)
+        else:
+            json_log.history.append(record)
+        state = {"format": "robust-deform/1", "model": net.state_dict(), "args": args, "epoch": epoch + 1,
                  "stage": stage, "metrics": record, "best": best, "history": json_log.history,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": rng_state(generator)}
         if select == "last" or improved:
             path = best_path(record) if callable(best_path) else best_path
             state["best_file"] = path
-            atomic_save(state, path)
-            if best_file and os.path.abspath(best_file) != os.path.abspath(path) and os.path.isfile(best_file) \
+            if main_rank:
+                atomic_save(state, path)
+            if main_rank and best_file and os.path.abspath(best_file) != os.path.abspath(path) and os.path.isfile(best_file) \
                     and best_file != carry.get("protected"):
                 os.remove(best_file)
             best_file = path
         state["best_file"] = best_file
-        atomic_save(state, last_path)
+        if main_rank:
+            atomic_save(state, last_path)
         parts = [f"epoch {epoch + 1:3d}/{epochs}", f"lr {lr:.4g}"]
         parts += [f"{k} {v:.4f}" for k, v in train_stats.items() if k not in ("acc", "time")]
         parts += [f"train_acc {train_stats['acc']:.2f}"] + [f"{k} {v:.4g}" for k, v in metrics.items()]

@@ -8,6 +8,8 @@ Two forms with the same expectation:
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -43,18 +45,21 @@ def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, n: int = 1,
     return grad / n, loss_sum / n
 
 
-def eot_backward(loss_fn, n: int = 1):
+def eot_backward(loss_fn, n: int = 1, model=None):
     """Accumulate weight gradients over ``n`` noisy passes (the reference's ``gra_eot_num``): calls
     ``loss_fn() -> (loss, logits)`` n times, backpropagating ``loss / n`` each time (so the accumulated ``.grad`` is
     the mean gradient, and train-mode BatchNorm sees n separate updates as in the reference).
 
+    With a DistributedDataParallel ``model``, gradients are synchronised once, on the last pass.
     Returns ``(mean loss (detached), logits of the last pass (detached))``.
     """
     if n < 1:
         raise ValueError(f"EOT needs n >= 1, got {n}")
     total = 0.0
-    for _ in range(n):
-        loss, logits = loss_fn()
-        (loss / n).backward()
+    for i in range(n):
+        sync = i == n - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            loss, logits = loss_fn()
+            (loss / n).backward()
         total = total + loss.detach()
     return total / n, logits.detach()

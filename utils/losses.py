@@ -52,7 +52,7 @@ class MixedAdversarialCE:
             logits = model(x)
             return F.cross_entropy(logits, y), logits
 
-        loss, logits = eot_backward(one_pass, self.gra_eot)
+        loss, logits = eot_backward(one_pass, self.gra_eot, model)
         return loss, logits, {}
 
 
@@ -75,7 +75,7 @@ class MARTCriterion:
             logits_nat = model(x)
             return mart_loss(logits_adv, logits_nat, y, self.beta), logits_adv
 
-        loss, logits = eot_backward(one_pass, self.gra_eot)
+        loss, logits = eot_backward(one_pass, self.gra_eot, model)
         return loss, logits, {}
 
     def after_step(self, model):

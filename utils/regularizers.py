@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import world_size
 from .flow import GATHER_EQUIVALENT_OFFSET, random_flow_start, resolve_sampler, warp
 
 
@@ -82,4 +83,8 @@ class GradientRegularizedCE:
             ce, r, logits = flow_gradient_penalty(model, x, y, sampler=self.sampler)
         else:
             ce, r, logits = input_gradient_penalty(model, x, y)
+        # Under DDP each of W processes sees B/W images and its CE is a mean over them, so its per-example
+        # gradients are W times those of the global-batch mean: dividing R by W^2 keeps lambda's meaning (the
+        # averaged update equals the single-process one on the global batch).
+        r = r / world_size() ** 2
         return ce + self.lamb * r, logits, {"ce": ce.detach(), "reg": r.detach()}

@@ -1,0 +1,72 @@
+"""One DDP step over 2 processes (gloo, CPU) equals the single-process step on the same global batch."""
+import os
+import socket
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.engine import train_step  # noqa: E402
+from utils.regularizers import GradientRegularizedCE  # noqa: E402
+
+WORLD = 2
+
+
+def tiny():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
+                         nn.Flatten(), nn.Linear(96, 5))
+
+
+def batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.rand(8, 3, 16, 16, generator=gen), torch.randint(0, 5, (8,), generator=gen)
+
+
+def one_step(model, x, y, lamb):
+    model.eval()  # BatchNorm with running statistics: examples independent, so the split is exact
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    train_step(model, opt, GradientRegularizedCE("fgr", lamb, rs_sigma=0.0, sampler="gather"), x, y,
+               torch.device("cpu"))
+
+
+def worker(rank, port, lamb, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from utils import distributed as dist
+
+    dist.init("cpu")
+    try:
+        model = dist.wrap(tiny(), torch.device("cpu"))
+        x, y = batch()
+        shard = slice(rank * 4, rank * 4 + 4)
+        one_step(model, x[shard], y[shard], lamb)
+        if rank == 0:
+            torch.save(dist.unwrap(model).state_dict(), out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("lamb", [0.0, 50.0])  # plain CE, and FGR (double backward through DDP)
+def test_ddp_step_equals_single_process_step(lamb, tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(worker, args=(free_port(), lamb, out), nprocs=WORLD, join=True)
+    ddp = torch.load(out, weights_only=True)
+    single = tiny()
+    one_step(single, *batch(), lamb)
+    before = tiny().state_dict()
+    for k, v in single.state_dict().items():
+        assert torch.allclose(ddp[k], v, atol=1e-6, rtol=1e-5), k
+        if v.is_floating_point() and "running" not in k:
+            assert not torch.equal(v, before[k]), k  # the step changed the weights

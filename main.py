@@ -13,14 +13,14 @@ import os
 
 import torch
 
-from models import build_model
-from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, format_args,
-                       positive_float, positive_int, seed_everything)
-from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
-from utils.engine import evaluate, fit, resolve_device
-from utils import distributed as dist
-from utils.errors import cli_entry
 from attacks import FlowAttack
+from models import build_model
+from utils import distributed as dist
+from utils.cli import (add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name,
+                       format_args, positive_float, positive_int, seed_everything)
+from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
+from utils.engine import evaluate, fit, prepare_training_model, resolve_device
+from utils.errors import UserError, cli_entry
 from utils.losses import OnAdversarial
 from utils.regularizers import GradientRegularizedCE
 
@@ -44,13 +44,15 @@ def get_args(argv=None):
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="bf16 autocast on CUDA (off by default: the reference trains in fp32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <name>.last.pt")
-    p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
+    add_speed_args(p)
     return p.parse_args(argv)
 
 
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
+    if args.compile and args.fgr_lamb > 0:
+        raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
     device = resolve_device(args.device)
     dist.init(device.type)
     device = dist.local_device(device)
@@ -64,8 +66,9 @@ def main(args):
         workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda")
     normalize = dataset_stats(args.data_name) if args.normalize else None
     model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
-    train_model = dist.wrap(model, device, args.sync_bn)  # DDP under torchrun; the model itself otherwise
-    model = dist.unwrap(train_model)  # attacks and evaluation use the plain module
+    # DDP under torchrun, channels_last on CUDA, torch.compile if asked; attacks and evaluation use the plain module
+    train_model, model = prepare_training_model(model, device, channels_last=args.channels_last,
+                                                compile=args.compile, sync_bn=args.sync_bn)
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)

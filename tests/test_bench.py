@@ -1,4 +1,4 @@
-"""The benchmark script runs (smoke mode) and writes one JSON entry per workload."""
+"""The benchmark script runs (smoke mode: tiny batch, one step) and writes one JSON entry per workload."""
 import json
 import os
 import sys
@@ -10,9 +10,11 @@ import bench  # noqa: E402
 
 def test_bench_smoke(tmp_path, capsys):
     out = tmp_path / "b.json"
-    bench.main(["--batch_size", "2", "--steps", "1", "--warmup", "0", "--workloads", "plain", "fgr-native",
+    bench.main(["--batch_size", "2", "--steps", "1", "--warmup", "0", "--workloads", "fgr", "pgd", "apgd",
                 "--json", str(out)])
     rows = json.loads(out.read_text())["workloads"]
-    assert set(rows) == {"plain", "fgr-native"} and rows["plain"]["relative"] == 1.0
-    assert rows["fgr-native"]["ms_per_step"] > 0
-    assert "| fgr-native |" in capsys.readouterr().out
+    assert set(rows) == {"fgr", "pgd", "apgd"}
+    for r in rows.values():
+        assert r["ours"]["images_per_s"] > 0 and r["baseline"]["images_per_s"] > 0
+        assert abs(r["speedup"] - r["ours"]["images_per_s"] / r["baseline"]["images_per_s"]) < 1e-9
+    assert "| pgd | 2 |" in capsys.readouterr().out

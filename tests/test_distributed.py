@@ -70,3 +70,27 @@ def test_ddp_step_equals_single_process_step(lamb, tmp_path):
         assert torch.allclose(ddp[k], v, atol=1e-6, rtol=1e-5), k
         if v.is_floating_point() and "running" not in k:
             assert not torch.equal(v, before[k]), k  # the step changed the weights
+
+
+def test_channels_last_fast_path_gives_the_same_step_on_cpu():
+    from utils.engine import prepare_training_model
+
+    x, y = batch()
+    results = []
+    for cl in (False, True):
+        model = tiny()
+        train_model, plain = prepare_training_model(model, torch.device("cpu"), channels_last=cl)
+        assert plain.state_dict().keys() == tiny().state_dict().keys()
+        assert plain[0].weight.is_contiguous(memory_format=torch.channels_last) == cl
+        one_step(train_model, x, y, 0.0)
+        results.append(plain.state_dict())
+    for k in results[0]:
+        assert torch.allclose(results[0][k], results[1][k], atol=1e-6), k
+
+
+def test_compile_is_refused_with_double_backward(capsys):
+    import main
+
+    with pytest.raises(SystemExit) as e:
+        main.main(main.get_args(["--fgr_lamb", "300", "--compile", "--data_path", "/nonexistent"]))
+    assert e.value.code == 2 and "--compile" in capsys.readouterr().err

@@ -16,9 +16,9 @@ from models import build_model
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state
-from .cli import add_run_args, check_model_name, format_args, nonneg_int, positive_float, positive_int, seed_everything
+from .cli import add_run_args, add_speed_args, check_model_name, format_args, nonneg_int, positive_float, positive_int, seed_everything
 from .data import gsem_transforms, make_loaders, num_classes
-from .engine import autocast, fit, resolve_device
+from .engine import autocast, fit, prepare_training_model, resolve_device
 from .errors import UserError
 
 
@@ -55,7 +55,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--best_acc", type=float, default=0.0,
                    help="a checkpoint is written only when the selection accuracy (fraction) beats this")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (any reload, any epoch)")
-    p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
+    add_speed_args(p)
     add_run_args(p)
     p.set_defaults(data_path="./dataset", workers=2)
 
@@ -118,8 +118,6 @@ def run_gsem_training(args, method: str, make_criterion):
     say = print if dist.is_main() else (lambda *a, **k: None)
     say("args:", format_args(args), flush=True)
     seed_everything(args.seed)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the reference
     train_tf, test_tf = gsem_transforms()
     train_loader, test_loader, gen = make_loaders(
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
@@ -142,8 +140,10 @@ def run_gsem_training(args, method: str, make_criterion):
         if carry["best_file"]:  # warm restart from the best checkpoint so far (or the given initial weights)
             load_model_state(model, load_checkpoint(carry["best_file"], map_location=device)["model"],
                              carry["best_file"], args.classifier_name)
-        train_model = dist.wrap(model, device, args.sync_bn)  # DDP under torchrun; the model itself otherwise
-        model = dist.unwrap(train_model)  # attacks, AWP and evaluation use the plain module
+        # DDP under torchrun, channels_last on CUDA, torch.compile if asked; attacks, AWP and evaluation use the
+        # plain module
+        train_model, model = prepare_training_model(model, device, channels_last=args.channels_last,
+                                                    compile=args.compile, sync_bn=args.sync_bn)
         say(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
               f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}", flush=True)
         optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,

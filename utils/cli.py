@@ -52,6 +52,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_bar", "--disable_bar", dest="no_bar", action="store_true", help="hide progress bars")
 
 
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """Training-speed flags shared by the training scripts (none changes the mathematics)."""
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA, off on CPU)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training model (not with FGR/IGR)")
+    p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
+
+
 def add_fgr_model_args(p: argparse.ArgumentParser) -> None:
     """Flags that identify an FGR run (shared by main.py and evaluate.py, so both derive the same file name)."""
     p.add_argument("--data_name", type=str, default="cifar10", help="cifar10 or cifar100")

@@ -40,6 +40,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def prepare_training_model(model, device, *, channels_last=None, compile=False, sync_bn=False):
+    """The fast path around a model already on ``device``: cudnn autotuning and channels_last on CUDA (unless
+    ``channels_last=False``), DDP under torchrun (``utils.distributed``), then ``torch.compile`` if asked.
+    Returns ``(train_model, model)``: the wrapped model for training steps and the plain module (attacks,
+    evaluation, checkpoints)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if channels_last if channels_last is not None else device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_model = dist.wrap(model, device, sync_bn)
+    if compile:
+        train_model = torch.compile(train_model)
+    return train_model, dist.unwrap(train_model)
+
+
 def autocast(device: torch.device, enabled: bool):
     """bf16 autocast on CUDA when enabled; a no-op elsewhere (bf16 needs no GradScaler)."""
     if enabled and device.type == "cuda":

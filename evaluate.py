@@ -12,7 +12,6 @@ settings and the deformation it needed (T-norm in pixels of the successful examp
 from __future__ import annotations
 
 import argparse
-import builtins
 import json
 import os
 import time
@@ -23,11 +22,11 @@ from torch.utils.data import DataLoader, Subset
 from attacks import ADef, FlowAttack, StAdv
 from models import build_model
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
-from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, format_args,
-                       nonneg_float, positive_float, positive_int, seed_everything)
+from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, nonneg_float,
+                       positive_float, positive_int)
 from utils.data import dataset_stats, fgr_transforms, load_dataset, num_classes
 from utils import distributed as dist
-from utils.engine import evaluate, resolve_device
+from utils.engine import evaluate, start_run
 from utils.errors import cli_entry
 from utils.flow import flow_norms_pixels, normalized_to_pixels
 
@@ -102,12 +101,7 @@ def write_table(path, record):
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
-    device = resolve_device(args.device)
-    dist.init(device.type)
-    device = dist.local_device(device)
-    print = builtins.print if dist.is_main() else (lambda *a, **k: None)  # noqa: A001  (rank 0 reports)
-    print("args:", format_args(args), flush=True)
-    seed_everything(args.seed)
+    device, say = start_run(args)
     name = fgr_run_name(args)
     path = args.checkpoint or os.path.join(args.weight_path, f"{name}.pt")
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -148,9 +142,9 @@ def main(args):
         detail = (f"flow attack, eps {args.flow_eps} = {settings['eps_pixels']:.3f} px, {args.steps} steps"
                   if attack_name == "flow" else attack_name)
         if len(record["attacks"]) == 1:
-            print(f"val   - acc: {record['val_acc']:.4f}", flush=True)
+            say(f"val   - acc: {record['val_acc']:.4f}", flush=True)
         median = record["attacks"][attack_name]["tnorm_px_median"]
-        print(f"adv   - acc: {acc[attack_name] / 100:.4f}  ({detail}; median T-norm of successful flows "
+        say(f"adv   - acc: {acc[attack_name] / 100:.4f}  ({detail}; median T-norm of successful flows "
               f"{'-' if median is None else f'{median:.3f} px'})", flush=True)
         out = os.path.join(args.result_path, f"{name}.json")
         if dist.is_main():
@@ -160,7 +154,7 @@ def main(args):
                 json.dump(record, f, indent=2)
             os.replace(tmp, out)
             write_table(out[:-len(".json")] + ".md", record)
-    print(f"wrote {out} and {out[:-len('.json')]}.md", flush=True)
+    say(f"wrote {out} and {out[:-len('.json')]}.md", flush=True)
     return record
 
 

@@ -10,7 +10,6 @@ every finished attack. ``--resume`` skips attacks already done for the same chec
 from __future__ import annotations
 
 import argparse
-import builtins
 import json
 import os
 import statistics
@@ -24,10 +23,10 @@ from attacks import PGD
 from attacks.multi import MultiAttack
 from models import build_model
 from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
-from utils.cli import add_run_args, check_model_name, format_args, nonneg_int, positive_float, positive_int
+from utils.cli import add_run_args, check_model_name, nonneg_int, positive_float, positive_int
 from utils.data import load_dataset, num_classes
 from utils import distributed as dist
-from utils.engine import autocast, evaluate, resolve_device
+from utils.engine import autocast, evaluate, start_run
 from utils.errors import UserError, cli_entry
 from utils.robust_eval import ALL_ATTACKS, REFERENCE_SUITE, build_attack, standard_error
 
@@ -152,11 +151,7 @@ def sanity_checks(model, loader, args, device, results, stages, record_n) -> tup
 @cli_entry
 def main(args):
     args.classifier_name = check_model_name(args.classifier_name)
-    device = resolve_device(args.device)
-    dist.init(device.type)
-    device = dist.local_device(device)
-    print = builtins.print if dist.is_main() else (lambda *a, **k: None)  # noqa: A001  (rank 0 reports)
-    print("args:", format_args(args), flush=True)
+    device, say = start_run(args)
     model = load_gsem_model(args, device)
     test_set = load_dataset(args.dataset_name, args.data_path, False, transforms.ToTensor())
     n = min(args.n_examples or len(test_set), len(test_set))
@@ -177,9 +172,9 @@ def main(args):
             old = json.load(f)
         if old.get("checkpoint_sha256") == sha and old.get("settings") == record["settings"]:
             record["results"] = {k: v for k, v in old["results"].items() if k in args.attacks}
-            print(f"resume: {', '.join(record['results']) or 'nothing'} already done in {out}", flush=True)
+            say(f"resume: {', '.join(record['results']) or 'nothing'} already done in {out}", flush=True)
         else:
-            print(f"resume: {out} holds another checkpoint or other settings; starting afresh", flush=True)
+            say(f"resume: {out} holds another checkpoint or other settings; starting afresh", flush=True)
 
     eps = args.eps / 255
     stages = {}
@@ -211,7 +206,7 @@ def main(args):
                 write_outputs(out, record)
         extra = " (unbounded L2, 500 steps)" if name == "CW100" else ""
         spread = f"  [mean {r['mean']:.2f} ± {r['std']:.2f} over {len(r['accs'])} draws]" if len(r["accs"]) > 1 else ""
-        print(f"{name}: {r['acc']:.2f}%{extra}{spread}", flush=True)
+        say(f"{name}: {r['acc']:.2f}%{extra}{spread}", flush=True)
 
     if args.worst_case:
         names = [a for a in args.attacks if a != "Clean"] or args.attacks
@@ -219,14 +214,14 @@ def main(args):
         for name in names:
             robust &= torch.tensor([c == "1" for c in record["results"][name]["robust_flags"]])
         record["worst_case"] = {"attacks": names, "acc": 100.0 * int(robust.sum()) / n}
-        print(f"Worst case: {record['worst_case']['acc']:.2f}%", flush=True)
+        say(f"Worst case: {record['worst_case']['acc']:.2f}%", flush=True)
     if args.sanity_checks:
         record["sanity"], record["warnings"] = sanity_checks(model, loader, args, device, record["results"], stages, n)
         for w in record["warnings"]:
-            print(f"warning: {w}", flush=True)
+            say(f"warning: {w}", flush=True)
     if dist.is_main():
         write_outputs(out, record)
-    print(f"wrote {out} and {out[:-5]}.md", flush=True)
+    say(f"wrote {out} and {out[:-5]}.md", flush=True)
     return record
 
 

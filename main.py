@@ -15,11 +15,10 @@ import torch
 
 from attacks import FlowAttack
 from models import build_model
-from utils import distributed as dist
 from utils.cli import (add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name,
-                       format_args, positive_float, positive_int, seed_everything)
+                       positive_float, positive_int)
 from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
-from utils.engine import evaluate, fit, prepare_training_model, resolve_device
+from utils.engine import evaluate, fit, prepare_training_model, start_run
 from utils.errors import UserError, cli_entry
 from utils.losses import OnAdversarial
 from utils.regularizers import GradientRegularizedCE
@@ -53,12 +52,7 @@ def main(args):
     args.model_name = check_model_name(args.model_name)
     if args.compile and args.fgr_lamb > 0:
         raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
-    device = resolve_device(args.device)
-    dist.init(device.type)
-    device = dist.local_device(device)
-    say = print if dist.is_main() else (lambda *a, **k: None)
-    say("args:", format_args(args), flush=True)
-    seed_everything(args.seed)
+    device, say = start_run(args)
     n_cls = num_classes(args.data_name)
     train_tf, test_tf = fgr_transforms(args.augment)
     train_loader, test_loader, gen = make_loaders(

@@ -16,9 +16,9 @@ from models import build_model
 
 from . import distributed as dist
 from .checkpoint import load_checkpoint, load_model_state
-from .cli import add_run_args, add_speed_args, check_model_name, format_args, nonneg_int, positive_float, positive_int, seed_everything
+from .cli import add_run_args, add_speed_args, check_model_name, nonneg_int, positive_float, positive_int
 from .data import gsem_transforms, make_loaders, num_classes
-from .engine import autocast, fit, prepare_training_model, resolve_device
+from .engine import autocast, fit, prepare_training_model, start_run
 from .errors import UserError
 
 
@@ -112,12 +112,7 @@ def run_gsem_training(args, method: str, make_criterion):
     JSON log (``..._<method>.last.pt``, ``..._<method>.log.json``) so the three scripts never share them.
     """
     args.classifier_name = check_model_name(args.classifier_name)
-    device = resolve_device(args.device)
-    dist.init(device.type)
-    device = dist.local_device(device)
-    say = print if dist.is_main() else (lambda *a, **k: None)
-    say("args:", format_args(args), flush=True)
-    seed_everything(args.seed)
+    device, say = start_run(args)
     train_tf, test_tf = gsem_transforms()
     train_loader, test_loader, gen = make_loaders(
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,

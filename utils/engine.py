@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .cli import format_args, seed_everything
 from .errors import UserError
 
 BAR_REFRESH = 20  # update the bar's running numbers every N steps (each update syncs with the device)
@@ -38,6 +39,18 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} requested but CUDA is not available on this machine; use --device cpu")
     return device
+
+
+def start_run(args):
+    """What every script does first: resolve the device, join the process group under torchrun, print the full args
+    (rank 0), seed. Returns ``(device, say)`` with ``say`` a print that only rank 0 executes."""
+    device = resolve_device(args.device)
+    dist.init(device.type)
+    device = dist.local_device(device)
+    say = print if dist.is_main() else (lambda *a, **k: None)
+    say("args:", format_args(args), flush=True)
+    seed_everything(args.seed)
+    return device, say
 
 
 def prepare_training_model(model, device, *, channels_last=None, compile=False, sync_bn=False):

@@ -74,7 +74,7 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) ->
     if sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=True)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)  # buffers broadcast by default
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -26,7 +26,7 @@ from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_r
                        positive_float, positive_int)
 from utils.data import dataset_stats, fgr_transforms, load_dataset, num_classes
 from utils import distributed as dist
-from utils.engine import evaluate, start_run
+from utils.engine import evaluate, fast_path, start_run
 from utils.errors import cli_entry
 from utils.flow import flow_norms_pixels, normalized_to_pixels
 
@@ -108,7 +108,7 @@ def main(args):
     normalize = dataset_stats(args.data_name) if args.normalize else None
     model = build_model(args.model_name, num_classes(args.data_name), normalize=normalize)
     load_model_state(model, ckpt["model"], path, args.model_name)
-    model.to(device).eval()
+    model = fast_path(model.to(device), device).eval()
 
     _, test_tf = fgr_transforms(args.augment)
     test_set = load_dataset(args.data_name, args.data_path, False, test_tf)

@@ -26,7 +26,7 @@ from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
 from utils.cli import add_run_args, check_model_name, nonneg_int, positive_float, positive_int
 from utils.data import load_dataset, num_classes
 from utils import distributed as dist
-from utils.engine import autocast, evaluate, start_run
+from utils.engine import autocast, evaluate, fast_path, start_run
 from utils.errors import UserError, cli_entry
 from utils.robust_eval import ALL_ATTACKS, REFERENCE_SUITE, build_attack, standard_error
 
@@ -55,8 +55,12 @@ def get_args(argv=None):
                    help="gradient-masking checks: unbounded PGD reaches ~0%%, more PGD steps do not help the model, "
                         "Square does not beat the white-box stages")
     p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
-                   help="PGD's EOT as one forward of att_eot_num x B images (same expectation)")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast for attacks on CUDA (default fp32)")
+                   help="PGD's EOT as copies of the batch in one forward (same expectation)")
+    p.add_argument("--eot_batch", type=positive_int, default=None,
+                   help="most images per batched-EOT forward (default: 128 on CPU, 1024 on CUDA; lower it on OOM)")
+    p.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for attacks where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); "
+                        "default fp32")
     p.add_argument("--result_path", type=str, default="./results")
     p.add_argument("--resume", action="store_true", help="skip attacks already in the result file")
     add_run_args(p)
@@ -80,13 +84,13 @@ def load_gsem_model(args, device):
     kwargs = {"alpha": args.alpha, "beta": args.beta} if args.classifier_name.lower().startswith("gsem") else {}
     model = build_model(args.classifier_name, num_classes(args.dataset_name), **kwargs)
     load_model_state(model, ckpt["model"], args.model_load_path, args.classifier_name)
-    return model.to(device).eval()
+    return fast_path(model.to(device), device, amp=args.amp).eval()
 
 
 def settings_key(args) -> dict:
     """Everything a stored result depends on (for --resume)."""
     keys = ("classifier_name", "dataset_name", "alpha", "beta", "att_eot_num", "eps", "n_examples", "repeat",
-            "steps_scale", "batched_eot", "amp", "seed")
+            "steps_scale", "batched_eot", "eot_batch", "amp", "seed")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -122,9 +126,9 @@ def sanity_checks(model, loader, args, device, results, stages, record_n) -> tup
     checks, warnings = {}, []
     eot, eps = args.att_eot_num, args.eps / 255
     steps = max(1, int(round(50 * args.steps_scale)))
-    big = PGD(model, eps=1.0, alpha=0.1, steps=steps, eot_iter=eot, batched_eot=args.batched_eot, amp=args.amp)
-    few = PGD(model, eps=eps, alpha=2 / 255, steps=max(1, int(round(10 * args.steps_scale))), eot_iter=eot,
-              batched_eot=args.batched_eot, amp=args.amp)
+    fast = dict(eot_iter=eot, batched_eot=args.batched_eot, amp=args.amp, eot_batch=args.eot_batch)
+    big = PGD(model, eps=1.0, alpha=0.1, steps=steps, **fast)
+    few = PGD(model, eps=eps, alpha=2 / 255, steps=max(1, int(round(10 * args.steps_scale))), **fast)
     acc = evaluate(model, loader, device, {"unbounded": big, "PGD10": few}, bar=not args.no_bar, desc="sanity")
     checks["unbounded_pgd_acc"] = acc["unbounded"]
     if acc["unbounded"] > 1.0:
@@ -187,7 +191,8 @@ def main(args):
                 torch.manual_seed(args.seed + draw)
                 attack, settings = build_attack(name, model, eps=eps, eot=args.att_eot_num, scale=args.steps_scale,
                                                 seed=args.seed + draw, n_classes=num_classes(args.dataset_name),
-                                                batched_eot=args.batched_eot, amp=args.amp, device=device)
+                                                batched_eot=args.batched_eot, amp=args.amp, device=device,
+                                                eot_batch=args.eot_batch)
                 if draw == 0:
                     stages[name], first_settings = attack, settings
                 with autocast(device, args.amp):

@@ -17,7 +17,7 @@ from attacks import FlowAttack
 from models import build_model
 from utils.cli import (add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name,
                        positive_float, positive_int)
-from utils.data import dataset_stats, fgr_transforms, make_loaders, num_classes
+from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_classes
 from utils.engine import evaluate, fit, prepare_training_model, start_run
 from utils.errors import UserError, cli_entry
 from utils.losses import OnAdversarial
@@ -41,8 +41,12 @@ def get_args(argv=None):
     p.add_argument("--select", type=str, default="best", choices=["best", "last"],
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="bf16 autocast on CUDA (off by default: the reference trains in fp32)")
+                   help="bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); off by default: "
+                        "the reference trains in fp32")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from <name>.last.pt")
+    p.add_argument("--device_data", action=argparse.BooleanOptionalAction, default=None,
+                   help="hold the dataset on the device as uint8 and crop/flip per example there (same distribution "
+                        "as the torchvision pipeline; no workers); default: on for CUDA")
     add_speed_args(p)
     return p.parse_args(argv)
 
@@ -54,14 +58,18 @@ def main(args):
         raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
     device, say = start_run(args)
     n_cls = num_classes(args.data_name)
-    train_tf, test_tf = fgr_transforms(args.augment)
+    on_device = args.device_data if args.device_data is not None else device.type == "cuda"
+    train_tf, test_tf, device_aug = (fgr_device_transforms(args.augment) if on_device
+                                     else (*fgr_transforms(args.augment), None))
     train_loader, test_loader, gen = make_loaders(
         args.data_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
-        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda")
+        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda", device_augment=device_aug,
+        device=device, bar=not args.no_bar)
     normalize = dataset_stats(args.data_name) if args.normalize else None
     model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
-    # DDP under torchrun, channels_last on CUDA, torch.compile if asked; attacks and evaluation use the plain module
-    train_model, model = prepare_training_model(model, device, channels_last=args.channels_last,
+    # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
+    # evaluation use the plain module
+    train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,
                                                 compile=args.compile, sync_bn=args.sync_bn)
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

@@ -20,17 +20,18 @@ def ce_per_example(logits, y):
 
 class PGD(Attack):
     """Args: eps and alpha (step) in [0, 1] pixel units (8/255 means 8 grey levels), steps, random_start (uniform in
-    the eps-ball), eot_iter (noise samples per step), batched_eot (one forward of eot_iter x B), amp (bf16 autocast
-    on CUDA), loss_fn(logits, y) -> per-example loss to ascend (default cross-entropy)."""
+    the eps-ball), eot_iter (noise samples per step), batched_eot (copies of the batch in one forward, at most
+    eot_batch images each; default per device, ``utils.eot``), amp (bf16 autocast where the device has native
+    bf16), loss_fn(logits, y) -> per-example loss to ascend (default cross-entropy)."""
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True, eot_iter=1,
-                 batched_eot=True, amp=False, loss_fn=ce_per_example):
+                 batched_eot=True, amp=False, loss_fn=ce_per_example, eot_batch=None):
         super().__init__(model)
         if eps < 0 or alpha < 0 or steps < 0 or eot_iter < 1:
             raise ValueError("PGD needs eps >= 0, alpha >= 0, steps >= 0, eot_iter >= 1")
         self.eps, self.alpha, self.steps = eps, alpha, int(steps)
         self.random_start, self.eot_iter, self.batched_eot = random_start, int(eot_iter), batched_eot
-        self.amp, self.loss_fn = amp, loss_fn
+        self.amp, self.loss_fn, self.eot_batch = amp, loss_fn, eot_batch
 
     def perturb(self, x, y):
         x_adv = x.clone()
@@ -38,7 +39,8 @@ class PGD(Attack):
             x_adv = (x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
         for _ in range(self.steps):
             with autocast(x.device, self.amp):
-                g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot)
+                g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot,
+                                      self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
         return x_adv.detach()

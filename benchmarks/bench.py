@@ -4,19 +4,23 @@
     python benchmarks/bench.py                              # CPU, small batches
     python benchmarks/bench.py --device cuda --json bench.json   # GPU, the papers' batch sizes
 
-Workloads (random CIFAR-shaped data):
-  fgr     one FGR training step, VGG-11, lambda 300 (CE + lambda R, double backward)
-          ours: native grid_sample sampler (+ channels_last on CUDA); baseline: the authors' gather sampler, fp32
-  gsem    one gradient-corrected train_gsem.py step, GSeM-ResNet-18: PGD-10 x EOT-10 on the even half of the batch
-          plus 10 EOT weight passes; ours: batched attack EOT (+ bf16 autocast and channels_last on CUDA);
-          baseline: the reference's sequential EOT loop, fp32
-  pgd     one PGD step with EOT 20 on GSeM-ResNet-18 (evaluate_gsem.py's PGD500 step), eval mode; ours: batched EOT
-          (+ channels_last on CUDA); baseline: 20 sequential forward/backward passes, fp32
-  apgd    one APGD-CE iteration with EOT 20 (pyautoattack's class in both; ours adds channels_last on CUDA)
-The baselines compute the GSeM correction with the same straight-through function as ours: the reference's pair of
-tensor hooks computes the same gradient at no measurable cost, so the comparison isolates EOT batching, precision
-and memory layout. Prints a markdown table naming the device (peak memory on CUDA) and optionally writes JSON with
-one entry per workload holding both throughputs and their ratio.
+Workloads (random CIFAR-shaped data); "ours" is what the scripts do by default on that device:
+  fgr       one FGR training step, VGG-11, lambda 300 (CE + lambda R, double backward); ours: native grid_sample
+            sampler (+ channels_last on CUDA), fp32 as main.py's default; baseline: the authors' gather sampler
+  gsem      one gradient-corrected train_gsem.py step, GSeM-ResNet-18: PGD-10 x EOT-10 on the even half of the batch
+            plus 10 EOT weight passes; ours: batched attack EOT, the correction inside the module, bf16 autocast
+            (--use_amp, the default) where the device has native bf16, channels_last with it
+  pgd       one PGD step with EOT 20 on GSeM-ResNet-18 (evaluate_gsem.py's PGD500 step), eval mode; ours: batched EOT
+            (+ channels_last on CUDA), fp32 as evaluate_gsem.py's default
+  apgd      one APGD-CE iteration with EOT 20 (pyautoattack's class on both sides; ours adds channels_last on CUDA)
+  fgr-amp, pgd-amp, apgd-amp   the same with the scripts' bf16 flag (main.py --amp, evaluate_gsem.py --amp)
+  data      one training batch of main.py's reference augmentation (resize 36, crop 32, flip) on the device; ours:
+            the dataset held there as uint8 and augmented in batches (utils.data.DeviceLoader, main.py's default on
+            CUDA); baseline: torchvision DataLoader with PIL transforms in worker processes, then the copy
+Baselines are written as the reference code works: fp32, contiguous layout, EOT as a sequential loop, and the GSeM
+correction by the reference's pair of tensor hooks registered after each forward (spec gsem.md §2.1).
+Prints a markdown table naming the device (peak memory on CUDA) and optionally writes JSON with one entry per
+workload holding both throughputs and their ratio.
 """
 from __future__ import annotations
 
@@ -29,25 +33,94 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD  # noqa: E402
 from attacks.autoattack_lib import apgd  # noqa: E402
+from attacks.base import eval_mode  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.engine import train_step  # noqa: E402
+from models.gsem import GradSemiMaskModule  # noqa: E402
+from utils.data import DeviceLoader, fgr_device_transforms, fgr_transforms  # noqa: E402
+from utils.engine import autocast, bf16_native, fast_path, train_step  # noqa: E402
 from utils.losses import MixedAdversarialCE  # noqa: E402
 from utils.regularizers import GradientRegularizedCE  # noqa: E402
 
-CUDA_BATCH = {"fgr": 128, "gsem": 256, "pgd": 512, "apgd": 512}
+WORKLOADS = ["fgr", "gsem", "pgd", "apgd", "fgr-amp", "pgd-amp", "apgd-amp", "data"]
+CUDA_BATCH = {"fgr": 128, "gsem": 256, "pgd": 512, "apgd": 512, "data": 128}
+# the recipes' inner loop sizes; --smoke shrinks them all to 2 (a seconds-long run that exercises every code path)
+RECIPE = {"attack_steps": 10, "att_eot": 10, "gra_eot": 10, "eval_eot": 20}
 
 
-def _setup(model_name, device, fast):
-    torch.manual_seed(0)
-    model = build_model(model_name, 10).to(device)
-    if fast and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+class ReferenceGSeM(GradSemiMaskModule):
+    """The reference module's forward: plain autograd (round passes no gradient), keeping ``t0`` and ``t_rdim`` for
+    the hooks of :func:`reference_hooks`."""
+
+    def forward(self, t0):
+        self.t0, self.t_rdim = t0, self.quantize(t0)
+        return F.mish(self.bn(self.conv2(torch.cat([t0, self.conv1(self.t_rdim)], dim=1))))
+
+
+def reference_model(name, device):
+    """A model whose GSeM modules behave as the reference's: correction off, tensors kept for the hooks."""
+    model = build_model(name, 10, gradient_correction=False).to(device)
+    for m in model.modules():
+        if isinstance(m, GradSemiMaskModule):
+            m.__class__ = ReferenceGSeM
     return model
+
+
+@contextlib.contextmanager
+def reference_hooks(model):
+    """The reference's correction, registered after a forward and removed after the backward: a hook on ``t_rdim``
+    stores g_r, a hook on ``t0`` returns (incoming gradient + g_r)."""
+    handles = []
+    for m in model.modules():
+        if isinstance(m, ReferenceGSeM):
+            store = {}
+            handles.append(m.t_rdim.register_hook(lambda g, s=store: s.__setitem__("g_r", g)))
+            handles.append(m.t0.register_hook(lambda g, s=store: g + s["g_r"]))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def reference_pgd(model, x, y, eps, alpha, steps, eot):
+    """AdaptivePGD as the reference: random start, per step ``eot`` sequential forward/backward passes with hooks,
+    sign of the summed gradient, projection; eval mode."""
+    with eval_mode(model):
+        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            grad = torch.zeros_like(x)
+            for _ in range(eot):
+                xi = x_adv.clone().requires_grad_(True)
+                loss = F.cross_entropy(model(xi), y)
+                with reference_hooks(model):
+                    grad += torch.autograd.grad(loss, xi)[0]
+            x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+def reference_gsem_step(model, opt, x, y, attack_steps=10, att_eot=10, gra_eot=10):
+    """train_gsem.py's step as the reference: even half replaced by PGD-10, then gra_eot forward/backward passes
+    with hooks, gradients averaged, one optimizer step."""
+    x = x.clone()
+    x[0::2] = reference_pgd(model, x[0::2], y[0::2], 8 / 255, 2 / 255, attack_steps, att_eot)
+    opt.zero_grad(set_to_none=True)
+    for _ in range(gra_eot):
+        loss = F.cross_entropy(model(x), y)
+        with reference_hooks(model):
+            (loss / gra_eot).backward()
+    opt.step()
+
+
+def _setup(model_name, device, amp):
+    torch.manual_seed(0)
+    return fast_path(build_model(model_name, 10).to(device), device, amp=amp)
 
 
 def _timed(fn, steps, warmup, device):
@@ -65,58 +138,122 @@ def _timed(fn, steps, warmup, device):
     return sec, (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
 
 
-def make_step(workload, device, fast, x, y):
-    """A zero-argument function running one unit of ``workload`` (ours if ``fast`` else the baseline)."""
-    amp = fast and device.type == "cuda"
-    if workload == "fgr":
-        model = _setup("vgg11", device, fast)
-        crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="native" if fast else "gather")
-    elif workload == "gsem":
-        model = _setup("GSeMResNet18", device, fast)
-        crit = MixedAdversarialCE(PGD(model, 8 / 255, 2 / 255, 10, eot_iter=10, batched_eot=fast, amp=amp), 10)
-    elif workload == "pgd":
-        model = _setup("GSeMResNet18", device, fast).eval()
-        attack = PGD(model, 8 / 255, 2 / 255, 1, eot_iter=20, batched_eot=fast)
-        return lambda: attack(x, y)
-    elif workload == "apgd":
-        model = _setup("GSeMResNet18", device, fast).eval()
-        attack = apgd(model, steps=1, restarts=1, eot_iter=20)
-        return lambda: attack(x, y)
+class _FakeCIFAR(torch.utils.data.Dataset):
+    """Random 32 x 32 RGB images served as torchvision's CIFAR10 serves them (PIL image, then the transform)."""
+
+    def __init__(self, n, transform):
+        self.data = torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.data[i].numpy())), i % 10
+
+
+def _batches(loader, device):
+    """One batch per call, on ``device``, cycling through ``loader`` (a worker pool stays alive across epochs)."""
+    it = iter(())
+
+    def next_batch():
+        nonlocal it
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        return x.to(device, non_blocking=True).sum() + y.to(device, non_blocking=True).sum()  # force the work
+    return next_batch
+
+
+def make_baseline(workload, device, x, y, k=RECIPE):
+    """A zero-argument function running one unit of ``workload`` as the reference code would."""
+    torch.manual_seed(0)
+    base = workload.removesuffix("-amp")
+    if base == "data":
+        workers = min(4, os.cpu_count() or 1)
+        loader = torch.utils.data.DataLoader(_FakeCIFAR(16 * len(x), fgr_transforms("reference")[0]), len(x),
+                                             shuffle=True, num_workers=workers, persistent_workers=True,
+                                             pin_memory=device.type == "cuda")
+        return _batches(loader, device)
+    if base == "fgr":
+        model = build_model("vgg11", 10).to(device).train()
+        crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="gather")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        return lambda: train_step(model, opt, crit, x, y, device)
+    model = reference_model("GSeMResNet18", device)
+    if base == "gsem":
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        model.train()
+        return lambda: reference_gsem_step(model, opt, x, y, k["attack_steps"], k["att_eot"], k["gra_eot"])
+    if base == "pgd":
+        return lambda: reference_pgd(model.eval(), x, y, 8 / 255, 2 / 255, 1, k["eval_eot"])
+    # the reference's AdaptiveAPGD adds J^T g_r explicitly, the same gradient as the correction in the module
+    model = build_model("GSeMResNet18", 10).to(device).eval()
+    attack = apgd(model, steps=1, restarts=1, eot_iter=k["eval_eot"])
+    return lambda: attack(x, y)
+
+
+def make_ours(workload, device, x, y, k=RECIPE):
+    """A zero-argument function running one unit of ``workload`` with this repository's default fast path."""
+    base, amp = workload.removesuffix("-amp"), workload.endswith("-amp") or workload == "gsem"
+    if base == "data":
+        static, _, aug = fgr_device_transforms("reference")
+        return _batches(DeviceLoader(_FakeCIFAR(16 * len(x), static), len(x), device, aug), device)
+    if base == "fgr":
+        model = _setup("vgg11", device, amp).train()
+        crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="native")
+    elif base == "gsem":
+        model = _setup("GSeMResNet18", device, amp).train()
+        attack = PGD(model, 8 / 255, 2 / 255, k["attack_steps"], eot_iter=k["att_eot"], batched_eot=True, amp=amp)
+        crit = MixedAdversarialCE(attack, k["gra_eot"])
     else:
-        raise ValueError(workload)
+        model = _setup("GSeMResNet18", device, amp).eval()
+        attack = (PGD(model, 8 / 255, 2 / 255, 1, eot_iter=k["eval_eot"], batched_eot=True) if base == "pgd"
+                  else apgd(model, steps=1, restarts=1, eot_iter=k["eval_eot"]))
+
+        def run():
+            with autocast(device, amp):  # evaluate_gsem.py --amp: the whole evaluation under autocast
+                return attack(x, y)
+        return run
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    model.train()
     return lambda: train_step(model, opt, crit, x, y, device, amp=amp)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=str, default="cpu")
-    p.add_argument("--workloads", type=str, nargs="+", default=["fgr", "gsem", "pgd", "apgd"],
-                   choices=["fgr", "gsem", "pgd", "apgd"])
+    p.add_argument("--workloads", type=str, nargs="+", default=WORKLOADS, choices=WORKLOADS)
     p.add_argument("--batch_size", type=int, default=None,
                    help="images per step (default: 8 on CPU; 128/256/512/512 on CUDA, the papers' sizes)")
     p.add_argument("--steps", type=int, default=3, help="timed repetitions")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", type=str, default=None)
+    p.add_argument("--smoke", action="store_true",
+                   help="batch 2, one step, every inner loop (attack steps, EOT passes) of size 2: checks it runs")
     args = p.parse_args(argv)
+    k = {key: 2 for key in RECIPE} if args.smoke else RECIPE
+    if args.smoke:
+        args.batch_size, args.steps, args.warmup = 2, 1, 0
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = {}
     for w in args.workloads:
-        b = args.batch_size or (CUDA_BATCH[w] if device.type == "cuda" else 8)
+        b = args.batch_size or (CUDA_BATCH[w.removesuffix("-amp")] if device.type == "cuda" else 8)
         gen = torch.Generator().manual_seed(0)
         x = torch.rand(b, 3, 32, 32, generator=gen).to(device)
         y = torch.randint(0, 10, (b,), generator=gen).to(device)
         row = {"batch_size": b}
-        for side, fast in (("baseline", False), ("ours", True)):
+        for side, make in (("baseline", make_baseline), ("ours", make_ours)):
             torch.manual_seed(0)
-            sec, mem = _timed(make_step(w, device, fast, x, y), args.steps, args.warmup, device)
+            sec, mem = _timed(make(w, device, x, y, k), args.steps, args.warmup, device)
             row[side] = {"ms_per_step": 1000 * sec, "images_per_s": b / sec, "peak_mem_mib": mem}
         row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
         rows[w] = row
-    cpu = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    bf16 = "native bf16" if bf16_native(torch.device("cpu")) else "no native bf16"
+    cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {bf16})"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"\ndevice: {dev}, torch {torch.__version__}\n")
     mem_cols = " ours MiB | baseline MiB |" if device.type == "cuda" else ""

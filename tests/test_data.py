@@ -4,9 +4,11 @@ import shutil
 
 import pytest
 import torch
+import torchvision.transforms.functional as TF
+from torch.utils.data import Subset
 
 from synthetic import write_svhn
-from utils.data import fgr_transforms, load_dataset, make_loaders
+from utils.data import Cutout, DeviceLoader, fgr_device_transforms, fgr_transforms, load_dataset, make_loaders
 from utils.errors import UserError
 
 
@@ -71,3 +73,98 @@ def test_subset_and_seeded_order(cifar10_root):
     first = [y.tolist() for _, y in tl]
     tl2, _, _ = make_loaders("cifar10", cifar10_root, 8, *tf, subset=24, workers=0, seed=3)
     assert first == [y.tolist() for _, y in tl2]
+
+
+# ---- the dataset on the device, augmented there (DeviceLoader) ----
+
+def _device_loader(root, augment, batch=16, subset=40):
+    train_tf, _, aug = fgr_device_transforms(augment)
+    ds = Subset(load_dataset("cifar10", root, True, train_tf), range(subset))
+    return DeviceLoader(ds, batch, "cpu", aug, generator=torch.Generator().manual_seed(0)), ds
+
+
+@pytest.mark.parametrize("augment", ["reference", "standard"])
+def test_device_crop_and_flip_equal_torchvision_ops(cifar10_root, augment):
+    """Each device-augmented image equals torchvision's crop (+ pad) and hflip of the same PIL image at the drawn
+    offsets, bit for bit."""
+    loader, _ = _device_loader(cifar10_root, augment)
+    pil = load_dataset("cifar10", cifar10_root, True)
+    idx = torch.arange(16)
+    params = loader.draw(16)
+    params[:4, 2], params[4:8, 2] = 0, 1  # both flip states present
+    x = loader.apply(idx, params)
+    for i in range(16):
+        img = pil[i][0]
+        img = TF.resize(img, [36, 36]) if augment == "reference" else TF.pad(img, 4, fill=0)
+        img = TF.crop(img, int(params[i, 0]), int(params[i, 1]), 32, 32)
+        if params[i, 2]:
+            img = TF.hflip(img)
+        assert torch.equal(x[i], TF.pil_to_tensor(img).float() / 255), i
+
+
+def test_device_cutout_equals_cutout_class(cifar10_root):
+    loader, _ = _device_loader(cifar10_root, "none")
+    loader.augment = loader.augment._replace(cutout=16)
+    ones = torch.ones(3, 32, 32)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        expected = Cutout(16)(ones)
+        torch.manual_seed(seed)
+        cy, cx = int(torch.randint(32, ())), int(torch.randint(32, ()))
+        loader.images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+        got = loader.apply(torch.tensor([0]), torch.tensor([[0, 0, 0, cy, cx]]))[0]
+        assert torch.equal(got, expected), (cy, cx)
+
+
+def test_device_augmentation_frequencies(cifar10_root):
+    """Offsets uniform over the 5 (resize 36) or 9 (pad 4) positions, flips with probability 1/2, Cutout centres
+    uniform over the 32 rows and columns: each frequency within 4 standard errors."""
+    n = 20000
+    for augment, positions in (("reference", 5), ("standard", 9)):
+        loader, _ = _device_loader(cifar10_root, augment)
+        loader.augment = loader.augment._replace(cutout=16)
+        p = loader.draw(n)
+        for col, k in ((0, positions), (1, positions), (2, 2), (3, 32), (4, 32)):
+            freq = torch.bincount(p[:, col], minlength=k).float() / n
+            assert len(freq) == k
+            se = (1 / k * (1 - 1 / k) / n) ** 0.5
+            assert (freq - 1 / k).abs().max() < 4 * se, (augment, col, freq)
+
+
+def test_device_loader_epoch_covers_every_image_once_and_resumes(cifar10_root):
+    loader, ds = _device_loader(cifar10_root, "none", batch=16, subset=40)
+    raw = torch.stack([ds[i][0] for i in range(40)]).float() / 255
+    labels = torch.tensor([ds[i][1] for i in range(40)])
+    state = loader.generator.get_state()
+    seen, batches = [], []
+    for x, y in loader:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and len(x) <= 16
+        for img, lab in zip(x, y):
+            match = [i for i in range(40) if torch.equal(raw[i], img) and labels[i] == lab]
+            assert match  # no crop/flip with augment 'none': the image itself, with its own label
+            seen.append(match[0])
+        batches.append(y)
+    assert len(batches) == len(loader) == 3 and sorted(seen) == list(range(40))
+    loader.generator.set_state(state)  # the same generator state gives the same epoch (resume)
+    assert all(torch.equal(a, y) for a, (_, y) in zip(batches, loader))
+    test = DeviceLoader(ds, 16, "cpu")  # evaluation: in order, no augmentation
+    assert torch.equal(torch.cat([x for x, _ in test]), raw)
+
+
+def test_device_loader_ranks_share_the_single_process_batch(cifar10_root, monkeypatch):
+    """Under torchrun each rank keeps a contiguous share of the global batch drawn from the same generator state:
+    the shares put together are exactly the single-process batch (images, augmentation and labels)."""
+    from utils import distributed as dist
+
+    loader, _ = _device_loader(cifar10_root, "reference", batch=16, subset=40)
+    state = loader.generator.get_state()
+    single = list(loader)
+    shares = []
+    for r in range(2):
+        loader.generator.set_state(state)
+        monkeypatch.setattr(dist, "world_size", lambda: 2)
+        monkeypatch.setattr(dist, "rank", lambda r=r: r)
+        shares.append(list(loader))
+    monkeypatch.undo()
+    for (x, y), (x0, y0), (x1, y1) in zip(single, *shares):
+        assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))

@@ -116,9 +116,11 @@ def test_flag_out_of_range_is_rejected(capsys):
     assert e.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
 
 
-def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("data", ["--no-device_data", "--device_data"])
+def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch, data):
+    """Both data paths (torchvision workers, dataset on the device) resume bit-identically."""
     full = tmp_path / "full"
-    main.main(main.get_args(train_args(cifar10_root, full, "--epochs", "2", "--fgr_lamb", "10")))
+    main.main(main.get_args(train_args(cifar10_root, full, "--epochs", "2", "--fgr_lamb", "10", data)))
     ref = torch.load(full / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
 
     part = tmp_path / "part"
@@ -133,9 +135,9 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
 
     monkeypatch.setattr(engine, "train_one_epoch", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10")))
+        main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data)))
     monkeypatch.setattr(engine, "train_one_epoch", real)
-    main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", "--resume")))
+    main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data, "--resume")))
     got = torch.load(part / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
     assert got["epoch"] == 2 and len(got["history"]) == 2
     for k, v in ref["model"].items():

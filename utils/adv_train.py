@@ -44,9 +44,12 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step_size", type=positive_float, default=2.0, help="training attack step, in 1/255 units")
     p.add_argument("--attack_steps", type=positive_int, default=10, help="training attack PGD steps")
     p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
-                   help="attack EOT as one forward of att_eot_num x B images (same expectation; faster on GPU)")
+                   help="attack EOT as copies of the batch in one forward (same expectation; faster)")
+    p.add_argument("--eot_batch", type=positive_int, default=None,
+                   help="most images per batched-EOT forward (default: 128 on CPU, 1024 on CUDA; lower it on OOM)")
     p.add_argument("--use_amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast on CUDA for training and the training attack (no effect on CPU)")
+                   help="bf16 autocast for training and the training attack where the device has native bf16 (CUDA, "
+                        "AMX/AVX512-BF16 CPUs; no effect elsewhere)")
     p.add_argument("--val_split", type=nonneg_int, default=0,
                    help="select the model on N held-out training images instead of the test set (0 = test set, "
                         "as the reference)")
@@ -63,7 +66,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
 def train_attack(args, model) -> PGD:
     """The reference's training / test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT att_eot_num, AMP."""
     return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp)
+               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp, eot_batch=args.eot_batch)
 
 
 def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=False) -> dict:
@@ -137,7 +140,7 @@ def run_gsem_training(args, method: str, make_criterion):
                              carry["best_file"], args.classifier_name)
         # DDP under torchrun, channels_last on CUDA, torch.compile if asked; attacks, AWP and evaluation use the
         # plain module
-        train_model, model = prepare_training_model(model, device, channels_last=args.channels_last,
+        train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.use_amp,
                                                     compile=args.compile, sync_bn=args.sync_bn)
         say(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
               f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}", flush=True)

@@ -67,7 +67,7 @@ class LibraryAutoAttack(Attack):
 
 
 def build_attack(name: str, model, *, eps=8 / 255, eot=20, scale=1.0, seed=0, n_classes=10, batched_eot=True,
-                 amp=False, device="cpu"):
+                 amp=False, device="cpu", eot_batch=None):
     """The attack called ``name`` (see the module docstring) and a dict of its settings (for the JSON record).
     Returns ``(None, settings)`` for Clean."""
     n_targets = min(9, n_classes - 1)
@@ -76,7 +76,7 @@ def build_attack(name: str, model, *, eps=8 / 255, eot=20, scale=1.0, seed=0, n_
     if name in ("PGD500", "PGD-uncorrected"):
         s = dict(norm="Linf", eps=eps, alpha=2 / 255, steps=scaled(500, scale), random_start=True, eot_iter=eot,
                  corrected=name == "PGD500")
-        atk = PGD(model, eps, 2 / 255, s["steps"], eot_iter=eot, batched_eot=batched_eot, amp=amp)
+        atk = PGD(model, eps, 2 / 255, s["steps"], eot_iter=eot, batched_eot=batched_eot, amp=amp, eot_batch=eot_batch)
         return (atk if name == "PGD500" else Uncorrected(model, atk)), s
     if name == "CW100":
         s = dict(norm="L2", eps=None, bounded=False, c=1.0, kappa=0.0, lr=0.01, steps=scaled(500, scale),
@@ -86,7 +86,7 @@ def build_attack(name: str, model, *, eps=8 / 255, eot=20, scale=1.0, seed=0, n_
         s = dict(norm="Linf", eps=eps, alpha=2 / 255, steps=scaled(100, scale), random_start=True, eot_iter=eot,
                  loss="CW margin")
         return PGD(model, eps, 2 / 255, s["steps"], eot_iter=eot, batched_eot=batched_eot, amp=amp,
-                   loss_fn=cw_margin), s
+                   loss_fn=cw_margin, eot_batch=eot_batch), s
     if name == "APGD500":
         s = dict(norm="Linf", eps=eps, steps=scaled(500, scale), restarts=scaled(50, scale), eot_iter=eot, rho=0.75,
                  loss="ce", seed=seed)

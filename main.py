@@ -70,6 +70,7 @@ def main(args):
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
     # evaluation use the plain module
     train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,
+                                                double_backward=args.fgr_lamb > 0,
                                                 compile=args.compile, sync_bn=args.sync_bn)
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

@@ -118,9 +118,9 @@ def reference_gsem_step(model, opt, x, y, attack_steps=10, att_eot=10, gra_eot=1
     opt.step()
 
 
-def _setup(model_name, device, amp):
+def _setup(model_name, device, amp, double_backward=False):
     torch.manual_seed(0)
-    return fast_path(build_model(model_name, 10).to(device), device, amp=amp)
+    return fast_path(build_model(model_name, 10).to(device), device, amp=amp, double_backward=double_backward)
 
 
 def _timed(fn, steps, warmup, device):
@@ -202,7 +202,7 @@ def make_ours(workload, device, x, y, k=RECIPE):
         static, _, aug = fgr_device_transforms("reference")
         return _batches(DeviceLoader(_FakeCIFAR(16 * len(x), static), len(x), device, aug), device)
     if base == "fgr":
-        model = _setup("vgg11", device, amp).train()
+        model = _setup("vgg11", device, amp, double_backward=True).train()
         crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="native")
     elif base == "gsem":
         model = _setup("GSeMResNet18", device, amp).train()

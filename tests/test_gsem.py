@@ -72,7 +72,7 @@ def test_batched_and_looped_eot_equal_without_noise():
     g1, l1 = eot_input_grad(model, x, y, ce, n=4, batched=True)
     g2, l2 = eot_input_grad(model, x, y, ce, n=4, batched=False)
     assert torch.allclose(g1, g2, atol=1e-6) and torch.allclose(l1, l2, atol=1e-6)
-    for cap in (1, 10, 15):  # 5 images: 1, 2 and 3 copies per forward (4 = 3 + 1: an uneven last chunk)
+    for cap in (1, 10, 15):  # 5 images: 1, 2 and 2 (3 at most, split evenly: 4 = 2 + 2) copies per forward
         g3, l3 = eot_input_grad(model, x, y, ce, n=4, batched=True, max_batch=cap)
         assert torch.allclose(g1, g3, atol=1e-6) and torch.allclose(l1, l3, atol=1e-6)
     g4, _ = eot_input_grad(model, x, y, ce, n=3, batched=True, max_batch=10)  # 3 = 2 + 1 copies

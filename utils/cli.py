@@ -55,7 +55,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 def add_speed_args(p: argparse.ArgumentParser) -> None:
     """Training-speed flags shared by the training scripts (none changes the mathematics)."""
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for CUDA, and on CPU with bf16 autocast)")
+                   help="channels_last memory format (default: on for CUDA; on CPU with bf16 autocast, except for "
+                        "FGR/IGR's double backward)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training model (not with FGR/IGR)")
     p.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across processes under torchrun")
 

@@ -9,6 +9,7 @@ Two forms with the same expectation:
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -37,7 +38,8 @@ def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, n: int = 1,
     x = x.detach()
     b = x.shape[0]
     cap = max_batch or EOT_MAX_BATCH.get(x.device.type, 1024)
-    per = max(1, min(n, cap // max(b, 1))) if batched else 1  # copies of the batch per forward
+    per = max(1, min(n, cap // max(b, 1))) if batched else 1  # copies of the batch per forward, at most
+    per = math.ceil(n / math.ceil(n / per))  # the same number of copies in every forward (no small last chunk)
     grad = torch.zeros_like(x)
     loss_sum = torch.zeros(b, device=x.device)
     for done in range(0, n, per):

@@ -57,7 +57,7 @@ def get_args(argv=None):
     p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
                    help="PGD's EOT as copies of the batch in one forward (same expectation)")
     p.add_argument("--eot_batch", type=positive_int, default=None,
-                   help="most images per batched-EOT forward (default: 128 on CPU, 1024 on CUDA; lower it on OOM)")
+                   help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     p.add_argument("--amp", action="store_true",
                    help="bf16 autocast for attacks where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); "
                         "default fp32")

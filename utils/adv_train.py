@@ -46,7 +46,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
                    help="attack EOT as copies of the batch in one forward (same expectation; faster)")
     p.add_argument("--eot_batch", type=positive_int, default=None,
-                   help="most images per batched-EOT forward (default: 128 on CPU, 1024 on CUDA; lower it on OOM)")
+                   help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     p.add_argument("--use_amp", action=argparse.BooleanOptionalAction, default=True,
                    help="bf16 autocast for training and the training attack where the device has native bf16 (CUDA, "
                         "AMX/AVX512-BF16 CPUs; no effect elsewhere)")

@@ -62,8 +62,11 @@ def bf16_native(device: torch.device) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _bf16_native(device_type: str) -> bool:
-    if device_type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device_type == "cuda":  # Ampere or newer; older GPUs only emulate bf16
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no including_emulation
+            return torch.cuda.is_bf16_supported()
     if device_type == "cpu":
         checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
         return any(getattr(torch.cpu, c, lambda: False)() for c in checks)

@@ -13,10 +13,11 @@ import math
 
 import torch
 
-# Most images per batched-EOT forward. CPU: per-image time of a GSeM-ResNet-18 input-gradient pass is lowest around
-# 128 (measured, 2-core Xeon with AMX, bf16: 10.1 ms/img at 128, 11.8 at 640). CUDA: a memory guard, not tuned on a
-# GPU: the activations of 1024 WRN-28-10 images (~28 MB each in fp32) fit an 80 GB card, 512 x 20 would not.
-EOT_MAX_BATCH = {"cpu": 128, "cuda": 1024}
+# Most images per batched-EOT forward. CPU: measured per-image time of a GSeM-ResNet-18 input-gradient pass (2-core
+# AMX Xeon): fp32 22-25 ms at 32-64 images, 28-31 ms at 128; bf16 + channels_last 10.7 ms at 64, 10.1 at 128, 11.8
+# at 640; 64 is within 6% of the best for both. CUDA: a memory guard, not tuned on a GPU: the activations of 1024
+# WRN-28-10 images (~28 MB each in fp32) fit an 80 GB card, 512 x 20 would not.
+EOT_MAX_BATCH = {"cpu": 64, "cuda": 1024}
 
 
 def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, n: int = 1, batched: bool = True,

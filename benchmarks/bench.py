@@ -19,8 +19,9 @@ Workloads (random CIFAR-shaped data); "ours" is what the scripts do by default o
             CUDA); baseline: torchvision DataLoader with PIL transforms in worker processes, then the copy
 Baselines are written as the reference code works: fp32, contiguous layout, EOT as a sequential loop, and the GSeM
 correction by the reference's pair of tensor hooks registered after each forward (spec gsem.md §2.1).
-Prints a markdown table naming the device (peak memory on CUDA) and optionally writes JSON with one entry per
-workload holding both throughputs and their ratio.
+The two sides of a workload are timed in alternation and the median step is reported, so drift of the machine falls
+on both alike. Prints a markdown table naming the device (peak memory on CUDA; it includes the other side's resident
+weights, tens of MiB) and optionally writes JSON with one entry per workload holding both throughputs and their ratio.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -125,19 +127,25 @@ def _setup(model_name, device, amp, double_backward=False):
     return fast_path(build_model(model_name, 10).to(device), device, amp=amp, double_backward=double_backward)
 
 
-def _timed(fn, steps, warmup, device):
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+def _timed_pair(fns, steps, warmup, device):
+    """Median seconds per call and peak CUDA memory (MiB) of each function in ``fns``, called in alternation, so
+    that the machine's drift during the run falls on both sides alike."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times, peaks = [[] for _ in fns], [0.0 for _ in fns]
     for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sec = (time.perf_counter() - t0) / steps
-    return sec, (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None)
+        for i, fn in enumerate(fns):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+                peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated() / 2**20)
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), peaks[i] if device.type == "cuda" else None) for i, t in enumerate(times)]
 
 
 class _FakeCIFAR(torch.utils.data.Dataset):
@@ -224,7 +232,7 @@ def main(argv=None):
     p.add_argument("--workloads", type=str, nargs="+", default=WORKLOADS, choices=WORKLOADS)
     p.add_argument("--batch_size", type=int, default=None,
                    help="images per step (default: 8 on CPU, 128 for data; the papers' sizes on CUDA)")
-    p.add_argument("--steps", type=int, default=3, help="timed repetitions")
+    p.add_argument("--steps", type=int, default=3, help="timed repetitions (median reported), sides alternating")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--smoke", action="store_true",
@@ -244,9 +252,11 @@ def main(argv=None):
         x = torch.rand(b, 3, 32, 32, generator=gen).to(device)
         y = torch.randint(0, 10, (b,), generator=gen).to(device)
         row = {"batch_size": b}
-        for side, make in (("baseline", make_baseline), ("ours", make_ours)):
+        fns = []
+        for make in (make_baseline, make_ours):
             torch.manual_seed(0)
-            sec, mem = _timed(make(w, device, x, y, k), args.steps, args.warmup, device)
+            fns.append(make(w, device, x, y, k))
+        for side, (sec, mem) in zip(("baseline", "ours"), _timed_pair(fns, args.steps, args.warmup, device)):
             row[side] = {"ms_per_step": 1000 * sec, "images_per_s": per_unit / sec, "peak_mem_mib": mem}
         row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
         rows[w] = row

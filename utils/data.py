@@ -244,8 +244,8 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
     ``val_split=N`` holds out N training images (a fixed random choice given ``seed``, test transform) and returns
     them in place of the test set, for model selection that never sees the test set.
     With ``device_augment`` (and ``device``) the transforms must be the static uint8 ones of
-    :func:`fgr_device_transforms` and both loaders are :class:`DeviceLoader`\ s; otherwise torchvision DataLoaders
-    with ``workers`` processes.
+    :func:`fgr_device_transforms` and both loaders are :class:`DeviceLoader` objects; otherwise torchvision
+    DataLoaders with ``workers`` processes.
     The training order comes from a dedicated ``torch.Generator`` (returned, so a checkpoint can save and restore it
     and a resumed run sees the same batches)."""
     train_set, test_set = _split_sets(name, data_path, train_transform, test_transform, subset, seed, val_split)

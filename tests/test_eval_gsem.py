@@ -15,6 +15,7 @@ from attacks.autoattack_lib import apgd
 from attacks.cw import CWL2
 from models import GradSemiMaskModule
 from utils import robust_eval
+from utils.engine import autocast, bf16_native
 from utils.robust_eval import build_attack
 
 
@@ -167,3 +168,23 @@ def test_bad_checkpoints_give_clear_messages(cifar10_root, gsem_checkpoint, tmp_
         assert e.value.code == 2 and expected in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "FGSM"))
+
+
+@pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bf16: --amp is a no-op")
+def test_every_attack_runs_under_bf16_autocast_on_cpu():
+    """evaluate_gsem.py --amp runs the whole evaluation under bf16 autocast: every attack still returns fp32 images
+    in [0, 1], inside the eps-ball for the L-inf ones, and the gradient attacks still move the points."""
+    model = tiny_gsem()
+    x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
+    for name in robust_eval.ALL_ATTACKS:
+        if name == "Clean":
+            continue
+        attack, settings = build_attack(name, model, eot=2, scale=0.01, amp=True)
+        with autocast(torch.device("cpu"), True):
+            x_adv = attack(x, y)
+        assert x_adv.dtype == torch.float32 and torch.isfinite(x_adv).all(), name
+        assert x_adv.min() >= 0 and x_adv.max() <= 1, name
+        if settings.get("norm") == "Linf":
+            assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6, name
+        if name in ("PGD500", "CWinf", "PGD-uncorrected"):
+            assert (x_adv - x).abs().max() > 1 / 255, name

@@ -16,19 +16,20 @@ import statistics
 import time
 
 import torch
-from torch.utils.data import DataLoader, Subset
 from torchvision import transforms
 
-from attacks import PGD
-from attacks.multi import MultiAttack
-from models import build_model
-from utils.checkpoint import file_sha256, load_checkpoint, load_model_state
-from utils.cli import add_run_args, check_model_name, nonneg_int, positive_float, positive_int
-from utils.data import load_dataset, num_classes
+from attacks import AttackConfig, build_attack, list_attacks
 from utils import distributed as dist
-from utils.engine import autocast, evaluate, fast_path, start_run
-from utils.errors import UserError, cli_entry
-from utils.robust_eval import ALL_ATTACKS, REFERENCE_SUITE, build_attack, standard_error
+from utils.checkpoint import file_sha256
+from utils.cli import add_run_args, check_model_name, nonneg_int, positive_float, positive_int
+from utils.data import num_classes
+from utils.errors import cli_entry
+from utils.evaluation import attack_accuracy, load_for_evaluation, sanity_checks, test_loader
+from utils.results import write_result
+from utils.runtime import start_run
+
+REFERENCE_SUITE = ["Clean", "PGD500", "CW100", "APGD500", "AA"]
+ALL_ATTACKS = ["Clean", *list_attacks()]
 
 
 def get_args(argv=None):
@@ -40,7 +41,7 @@ def get_args(argv=None):
     p.add_argument("--alpha", type=positive_int, default=None, help="GSeM alpha (default: from the checkpoint, else 6)")
     p.add_argument("--beta", type=nonneg_int, default=None, help="GSeM beta (default: from the checkpoint, else 4)")
     p.add_argument("--attacks", type=str, nargs="+", default=REFERENCE_SUITE,
-                   help=f"attacks to run, in order; any of {' '.join(ALL_ATTACKS)}")
+                   help=f"attacks to run, in order; Clean or any registered attack: {' '.join(ALL_ATTACKS[1:])}")
     p.add_argument("--batch_size", type=positive_int, default=512)
     p.add_argument("--att_eot_num", type=positive_int, default=20, help="noisy passes per attack step (EOT)")
     p.add_argument("--eps", type=positive_float, default=8.0, help="L-inf budget, in 1/255 units")
@@ -72,21 +73,6 @@ def get_args(argv=None):
     return args
 
 
-def load_gsem_model(args, device):
-    """Build the classifier and load the checkpoint; alpha/beta from the checkpoint's args when present."""
-    ckpt = load_checkpoint(args.model_load_path, map_location="cpu")
-    saved = ckpt.get("args", {})
-    for key, default in (("alpha", 6), ("beta", 4)):
-        flag, stored = getattr(args, key), saved.get(key)
-        if flag is not None and stored is not None and flag != stored:
-            raise UserError(f"--{key} {flag} differs from the checkpoint's {key} {stored}")
-        setattr(args, key, flag if flag is not None else stored if stored is not None else default)
-    kwargs = {"alpha": args.alpha, "beta": args.beta} if args.classifier_name.lower().startswith("gsem") else {}
-    model = build_model(args.classifier_name, num_classes(args.dataset_name), **kwargs)
-    load_model_state(model, ckpt["model"], args.model_load_path, args.classifier_name)
-    return fast_path(model.to(device), device, amp=args.amp).eval()
-
-
 def settings_key(args) -> dict:
     """Everything a stored result depends on (for --resume)."""
     keys = ("classifier_name", "dataset_name", "alpha", "beta", "att_eot_num", "eps", "n_examples", "repeat",
@@ -94,15 +80,17 @@ def settings_key(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def attack_config(args, n_classes: int, seed: int) -> AttackConfig:
+    """The registry's configuration from this script's flags (``seed``: this noise draw's)."""
+    return AttackConfig(eps=args.eps / 255, eot_iter=args.att_eot_num, steps_scale=args.steps_scale, seed=seed,
+                        n_classes=n_classes, batched_eot=args.batched_eot, eot_batch=args.eot_batch, amp=args.amp)
+
+
 def flags_to_str(flags: torch.Tensor) -> str:
     return "".join("1" if f else "0" for f in flags.tolist())
 
 
-def write_outputs(path: str, record: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
+def table(record: dict) -> list[str]:
     lines = [f"Model `{record['model']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}), "
              f"{record['settings']['dataset_name']}, {record['n_examples']} test points, EOT "
              f"{record['settings']['att_eot_num']}, {record['device']}", "",
@@ -117,54 +105,20 @@ def write_outputs(path: str, record: dict) -> None:
                      f"{record['worst_case']['acc']:.2f} | – | – | – |")
     if record.get("warnings"):
         lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]]
-    with open(path[:-len(".json")] + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
-
-
-def sanity_checks(model, loader, args, device, results, stages, record_n) -> tuple[dict, list]:
-    """Gradient-masking checks on the first loader batches (see --sanity_checks)."""
-    checks, warnings = {}, []
-    eot, eps = args.att_eot_num, args.eps / 255
-    steps = max(1, int(round(50 * args.steps_scale)))
-    fast = dict(eot_iter=eot, batched_eot=args.batched_eot, amp=args.amp, eot_batch=args.eot_batch)
-    big = PGD(model, eps=1.0, alpha=0.1, steps=steps, **fast)
-    few = PGD(model, eps=eps, alpha=2 / 255, steps=max(1, int(round(10 * args.steps_scale))), **fast)
-    acc = evaluate(model, loader, device, {"unbounded": big, "PGD10": few}, bar=not args.no_bar, desc="sanity")
-    checks["unbounded_pgd_acc"] = acc["unbounded"]
-    if acc["unbounded"] > 1.0:
-        warnings.append(f"PGD with eps = 1 (unbounded) leaves {acc['unbounded']:.2f}% accuracy: gradients may be "
-                        f"masked or the attack too short")
-    checks["pgd10_acc"] = acc["PGD10"]
-    if "PGD500" in results:
-        n = record_n
-        longer = results["PGD500"]["acc"]
-        checks["pgd500_minus_pgd10"] = longer - acc["PGD10"]
-        if longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n):
-            warnings.append(f"PGD500 ({longer:.2f}%) is weaker than PGD10 ({acc['PGD10']:.2f}%): more steps should "
-                            f"not help the model; suspect gradient masking")
-    for name, attack in stages.items():
-        if isinstance(attack, MultiAttack):
-            square = attack.fooled_by.get("Square", 0)
-            checks[f"{name}_square_only_successes"] = square
-            if square > 0:
-                warnings.append(f"{name}: gradient-free Square fooled {square} points the white-box stages missed; "
-                                f"suspect gradient masking")
-    return checks, warnings
+    return lines
 
 
 @cli_entry
 def main(args):
     args.classifier_name = check_model_name(args.classifier_name)
     device, say = start_run(args)
-    model = load_gsem_model(args, device)
-    test_set = load_dataset(args.dataset_name, args.data_path, False, transforms.ToTensor())
-    n = min(args.n_examples or len(test_set), len(test_set))
-    test_set = Subset(test_set, list(dist.shard(n)))  # under torchrun each rank attacks a contiguous block
-    loader = DataLoader(test_set, batch_size=args.batch_size, shuffle=False,
-                        num_workers=min(args.workers, os.cpu_count() or 1))
+    n_classes = num_classes(args.dataset_name)
+    model, _, options = load_for_evaluation(args.model_load_path, args.classifier_name, n_classes, device,
+                                            options={"alpha": args.alpha, "beta": args.beta}, amp=args.amp)
+    args.alpha, args.beta = options.get("alpha", 6), options.get("beta", 4)
+    loader, n = test_loader(args.dataset_name, args.data_path, transforms.ToTensor(), n=args.n_examples,
+                            batch_size=args.batch_size, workers=args.workers)
 
-    if dist.is_main():
-        os.makedirs(args.result_path, exist_ok=True)
     stem = os.path.splitext(os.path.basename(args.model_load_path))[0]
     out = os.path.join(args.result_path, f"{stem}_{args.dataset_name}_eval.json")
     sha = file_sha256(args.model_load_path)
@@ -176,11 +130,10 @@ def main(args):
             old = json.load(f)
         if old.get("checkpoint_sha256") == sha and old.get("settings") == record["settings"]:
             record["results"] = {k: v for k, v in old["results"].items() if k in args.attacks}
-            say(f"resume: {', '.join(record['results']) or 'nothing'} already done in {out}", flush=True)
+            say(f"resume: {', '.join(record['results']) or 'nothing'} already done in {out}")
         else:
-            say(f"resume: {out} holds another checkpoint or other settings; starting afresh", flush=True)
+            say(f"resume: {out} holds another checkpoint or other settings; starting afresh")
 
-    eps = args.eps / 255
     stages = {}
     for name in args.attacks:
         if name in record["results"]:
@@ -189,29 +142,24 @@ def main(args):
             accs, flags, t0 = [], None, time.time()
             for draw in range(args.repeat):
                 torch.manual_seed(args.seed + draw)
-                attack, settings = build_attack(name, model, eps=eps, eot=args.att_eot_num, scale=args.steps_scale,
-                                                seed=args.seed + draw, n_classes=num_classes(args.dataset_name),
-                                                batched_eot=args.batched_eot, amp=args.amp, device=device,
-                                                eot_batch=args.eot_batch)
+                cfg = attack_config(args, n_classes, args.seed + draw)
+                attack, settings = build_attack(name, model, cfg) if name != "Clean" else (None, {})
                 if draw == 0:
                     stages[name], first_settings = attack, settings
-                with autocast(device, args.amp):
-                    acc, f = evaluate(model, loader, device, {name: attack} if attack else None,
-                                      bar=not args.no_bar, desc=f"{name} ({draw + 1}/{args.repeat})",
-                                      return_flags=True)
-                key = name if attack else "clean"
-                accs.append(acc[key])
-                flags = f[key] if flags is None else flags
+                res = attack_accuracy(model, loader, device, name, attack, bar=not args.no_bar, amp=args.amp)
+                accs.append(res["acc"] if attack is not None else res["clean"])
+                if flags is None:
+                    flags = res["flags"] if attack is not None else res["clean_flags"]
             r = {"acc": accs[0], "accs": accs, "mean": statistics.fmean(accs),
                  "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "settings": first_settings,
                  "seeds": [args.seed + d for d in range(args.repeat)],
                  "seconds": time.time() - t0, "robust_flags": flags_to_str(flags)}
             record["results"][name] = r
             if dist.is_main():
-                write_outputs(out, record)
+                write_result(out, record, table(record))
         extra = " (unbounded L2, 500 steps)" if name == "CW100" else ""
         spread = f"  [mean {r['mean']:.2f} ± {r['std']:.2f} over {len(r['accs'])} draws]" if len(r["accs"]) > 1 else ""
-        say(f"{name}: {r['acc']:.2f}%{extra}{spread}", flush=True)
+        say(f"{name}: {r['acc']:.2f}%{extra}{spread}")
 
     if args.worst_case:
         names = [a for a in args.attacks if a != "Clean"] or args.attacks
@@ -219,14 +167,17 @@ def main(args):
         for name in names:
             robust &= torch.tensor([c == "1" for c in record["results"][name]["robust_flags"]])
         record["worst_case"] = {"attacks": names, "acc": 100.0 * int(robust.sum()) / n}
-        say(f"Worst case: {record['worst_case']['acc']:.2f}%", flush=True)
+        say(f"Worst case: {record['worst_case']['acc']:.2f}%")
     if args.sanity_checks:
-        record["sanity"], record["warnings"] = sanity_checks(model, loader, args, device, record["results"], stages, n)
+        record["sanity"], record["warnings"] = sanity_checks(
+            model, loader, device, eps=args.eps / 255, eot_iter=args.att_eot_num, steps_scale=args.steps_scale,
+            pgd_kwargs=dict(batched_eot=args.batched_eot, amp=args.amp, eot_batch=args.eot_batch),
+            results=record["results"], stages=stages, n=n, bar=not args.no_bar)
         for w in record["warnings"]:
-            say(f"warning: {w}", flush=True)
+            say(f"warning: {w}")
     if dist.is_main():
-        write_outputs(out, record)
-    say(f"wrote {out} and {out[:-5]}.md", flush=True)
+        write_result(out, record, table(record))
+    say(f"wrote {out} and {out[:-5]}.md")
     return record
 
 

@@ -9,19 +9,22 @@ gradient regularization), --adv_train flow (adversarial deformation training, al
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import torch
 
 from attacks import FlowAttack
 from models import build_model
+from utils.checkpoint import Checkpointer
 from utils.cli import (add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name,
                        positive_float, positive_int)
 from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_classes
-from utils.engine import evaluate, fit, prepare_training_model, start_run
 from utils.errors import UserError, cli_entry
-from utils.losses import OnAdversarial
-from utils.regularizers import GradientRegularizedCE
+from utils.evaluation import evaluate
+from utils.losses import LOSSES
+from utils.runtime import prepare_training_model, start_run
+from utils.training import TrainStep, fit
 
 
 def get_args(argv=None):
@@ -75,20 +78,19 @@ def main(args):
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-    criterion = GradientRegularizedCE(args.reg, args.fgr_lamb, args.rs_sigma, args.sampler)
-    if args.adv_train == "flow":
-        criterion = OnAdversarial(criterion, FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps))
+    loss_fn = functools.partial(LOSSES["fgr"], reg=args.reg, lamb=args.fgr_lamb, rs_sigma=args.rs_sigma,
+                                sampler=args.sampler)
+    attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None
+    step = TrainStep(train_model, optimizer, loss_fn, make_input=attack, amp=args.amp, device=device)
     name = fgr_run_name(args)
-    say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}", flush=True)
-    fit(model=train_model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-        evaluate_fn=lambda m: {"val_acc": evaluate(model, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
-        epochs=args.epochs, device=device, args=vars(args), select=args.select,
-        best_path=os.path.join(args.weight_path, f"{name}.pt"),
-        last_path=os.path.join(args.weight_path, f"{name}.last.pt"),
-        log_path=os.path.join(args.weight_path, f"{name}.log.json"),
-        amp=args.amp, bar=not args.no_bar, generator=gen, resume=args.resume,
-        log=lambda s: print(s, flush=True))
-    say(f"saved {os.path.join(args.weight_path, name + '.pt')}", flush=True)
+    path = os.path.join(args.weight_path, name)
+    checkpointer = Checkpointer(f"{path}.last.pt", f"{path}.log.json", vars(args), best_path=f"{path}.pt",
+                                select_key="val_acc", select=args.select)
+    say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
+    fit(step, train_loader, scheduler,
+        lambda: {"val_acc": evaluate(model, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
+        checkpointer, epochs=args.epochs, generator=gen, resume=args.resume, bar=not args.no_bar, log=say)
+    say(f"saved {path}.pt")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from utils.adv_train import add_gsem_train_args, run_gsem_training, train_attack
 from utils.errors import cli_entry
-from utils.losses import MixedAdversarialCE
+from utils.gsem_training import add_gsem_train_args, run_gsem_training
+from utils.losses import LOSSES
 
 
 def get_args(argv=None):
@@ -19,13 +19,9 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_criterion(args, model, device):
-    return MixedAdversarialCE(train_attack(args, model), gra_eot=args.gra_eot_num)
-
-
 @cli_entry
 def main(args):
-    return run_gsem_training(args, "gsem", make_criterion)
+    return run_gsem_training(args, "gsem", LOSSES["ce"], policy="half")
 
 
 if __name__ == "__main__":

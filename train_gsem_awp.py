@@ -6,12 +6,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 
-from utils.adv_train import add_gsem_train_args, build_gsem_model, run_gsem_training, train_attack
-from utils.awp import AWP
 from utils.cli import nonneg_float, positive_float
 from utils.errors import cli_entry
-from utils.losses import MARTCriterion
+from utils.gsem_training import add_gsem_train_args, run_gsem_training
+from utils.losses import LOSSES
 
 
 def get_args(argv=None):
@@ -23,15 +23,10 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_criterion(args, model, device):
-    awp = AWP(model, build_gsem_model(args, device), gamma=args.awp_gamma, proxy_lr=args.awp_lr,
-              eot=args.gra_eot_num)
-    return MARTCriterion(train_attack(args, model), beta=args.mart_beta, gra_eot=args.gra_eot_num, awp=awp)
-
-
 @cli_entry
 def main(args):
-    return run_gsem_training(args, "awp", make_criterion)
+    return run_gsem_training(args, "awp", functools.partial(LOSSES["mart"], beta=args.mart_beta),
+                             policy="adversarial", awp=True)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,12 @@ reference): PGD-10 (EOT 10) on the whole batch, MART loss, 10 noisy passes per w
 from __future__ import annotations
 
 import argparse
+import functools
 
-from utils.adv_train import add_gsem_train_args, run_gsem_training, train_attack
 from utils.cli import nonneg_float
 from utils.errors import cli_entry
-from utils.losses import MARTCriterion
+from utils.gsem_training import add_gsem_train_args, run_gsem_training
+from utils.losses import LOSSES
 
 
 def get_args(argv=None):
@@ -20,13 +21,10 @@ def get_args(argv=None):
     return p.parse_args(argv)
 
 
-def make_criterion(args, model, device):
-    return MARTCriterion(train_attack(args, model), beta=args.mart_beta, gra_eot=args.gra_eot_num)
-
-
 @cli_entry
 def main(args):
-    return run_gsem_training(args, "mart", make_criterion)
+    return run_gsem_training(args, "mart", functools.partial(LOSSES["mart"], beta=args.mart_beta),
+                             policy="adversarial")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ class ADef(Attack):
     """Args: sigma (smoothing, px), overshoot (eta), steps (iteration cap), candidates (number of next most likely
     classes tried per iteration), max_norm (T-norm budget in px, or None)."""
 
+    produces_flow = True
+
     def __init__(self, model, sigma=0.5, overshoot=1.2, steps=100, candidates=9, max_norm=None):
         super().__init__(model)
         self.sigma, self.overshoot, self.steps = sigma, overshoot, int(steps)

@@ -1,5 +1,5 @@
-"""Adapters around pyautoattack (the reference AutoAttack code, repackaged): APGD-CE, APGD-T, FAB-T and Square are
-the library's classes, not rewritten. Each adapter is an :class:`attacks.Attack` (model in eval mode, mode restored).
+"""Adapters around pyautoattack (the reference AutoAttack code, repackaged): APGD-CE, APGD-T, FAB-T, Square and the
+library's whole AutoAttack are its classes, not rewritten. Each adapter is an :class:`attacks.Attack` (model in eval mode, mode restored).
 GSeM models give the corrected gradient to the library's autograd calls by themselves (the correction is inside the
 module). FAB gets EOT through :class:`EOTFAB`, a small subclass that averages its logit differences and their input
 gradients over ``eot_iter`` noisy passes (as the GSeM reference's AdaptiveFAB).
@@ -72,3 +72,30 @@ def square(model, *, eps=8 / 255, queries=5000, restarts=1, seed=0):
     """Square Attack (Andriushchenko et al., ECCV 2020), L-inf, gradient-free, library class (p_init 0.8)."""
     return LibraryAttack(model, SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8,
                                              n_restarts=restarts, seed=seed, resc_schedule=False))
+
+
+class LibraryAutoAttack(Attack):
+    """pyautoattack's ``AutoAttack`` (``version`` 'standard' or 'rand'), run per batch on the batch's device, with
+    APGD's EOT set to ``eot_iter`` and every iteration, restart and query count mapped through ``scale(n)``."""
+
+    def __init__(self, model, version: str, *, eps: float, eot_iter: int, scale=lambda n: n, seed: int = 0):
+        super().__init__(model)
+        self.version, self.eps, self.eot_iter, self.scale, self.seed = version, eps, eot_iter, scale, seed
+        self._by_device = {}
+
+    def _build(self, device):
+        from pyautoattack import AutoAttack
+
+        aa = AutoAttack(self.model, version=self.version, eps=self.eps, norm="Linf", seed=self.seed, device=device)
+        aa.verbose = False
+        for a in (aa.apgd, aa.apgd_targeted):
+            a.n_iter, a.n_restarts, a.eot_iter = self.scale(a.n_iter), self.scale(a.n_restarts), self.eot_iter
+        aa.fab.n_iter, aa.fab.n_restarts = self.scale(aa.fab.n_iter), self.scale(aa.fab.n_restarts)
+        aa.square.n_queries = self.scale(aa.square.n_queries)
+        return aa
+
+    def perturb(self, x, y):
+        if x.device not in self._by_device:
+            self._by_device[x.device] = self._build(x.device)
+        x_adv, _ = self._by_device[x.device].run_standard_evaluation(x, y, batch_size=x.shape[0])
+        return x_adv.to(x.device)

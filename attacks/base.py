@@ -1,26 +1,20 @@
-"""Base class for attacks: ``attack(x, y) -> x_adv``, with the model in eval mode during the attack and its
-train/eval mode restored afterwards (as torchattacks and AutoAttack do)."""
+"""Base class for attacks: ``attack(x, y) -> x_adv`` in [0, 1], with the model in eval mode during the attack and
+each module's train/eval mode restored afterwards (as torchattacks and AutoAttack do)."""
 from __future__ import annotations
-
-import contextlib
 
 import torch
 
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Put ``model`` (and every submodule) in eval mode, then restore each module's own mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
+from utils.runtime import eval_mode
 
 
 class Attack:
-    """Subclasses implement ``perturb(x, y) -> x_adv`` with every hyperparameter set in ``__init__``."""
+    """Subclasses implement ``perturb(x, y) -> x_adv`` with every hyperparameter set in ``__init__``.
+
+    ``produces_flow``: True for deformation attacks, which keep the flow of their last call in ``last_flow``
+    (B x H x W x 2, normalised align_corners=True units), so that evaluation can report its magnitude.
+    """
+
+    produces_flow = False
 
     def __init__(self, model: torch.nn.Module):
         self.model = model

@@ -1,5 +1,5 @@
-"""The FGR authors' L-infinity flow attack (xpf/Flow-Gradient-Regularization ``attacks/gradient.py``; spec fgr.md
-§3.1): iterative sign-gradient ascent of the cross-entropy over a flow field.
+"""The FGR authors' L-infinity flow attack (xpf/Flow-Gradient-Regularization ``attacks/gradient.py``):
+iterative sign-gradient ascent of the cross-entropy over a flow field.
 
 Budget: ``eps`` is an L-infinity bound on every flow component in normalised align_corners=True units
 (1 px = 2 / (W - 1)); the reference's eps = 0.01 is 0.155 px at 32 x 32. Step ``eps / steps``, no random start,
@@ -24,6 +24,8 @@ class FlowAttack(Attack):
         steps: number of sign steps K (reference evaluation K = 100; the function default of the reference is 7).
     Returns (call): deformed images ``clamp(grid_sample(x, id + n), 0, 1)`` (native sampler, zeros padding).
     """
+
+    produces_flow = True
 
     def __init__(self, model, eps: float = 0.01, steps: int = 100):
         super().__init__(model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.engine import autocast
+from utils.runtime import autocast
 from utils.eot import eot_input_grad
 
 from .base import Attack

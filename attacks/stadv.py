@@ -44,6 +44,8 @@ class StAdv(Attack):
     """Args: tau (smoothness weight), steps (L-BFGS iteration cap), kappa (margin), targeted (then ``y`` holds the
     targets), lr (L-BFGS step scale), history_size."""
 
+    produces_flow = True
+
     def __init__(self, model, tau=0.05, steps=100, kappa=0.0, targeted=False, lr=1.0, history_size=20):
         super().__init__(model)
         self.tau, self.steps, self.kappa, self.targeted = tau, int(steps), kappa, targeted

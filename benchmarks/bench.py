@@ -18,7 +18,7 @@ Workloads (random CIFAR-shaped data); "ours" is what the scripts do by default o
             the dataset held there as uint8 and augmented in batches (utils.data.DeviceLoader, main.py's default on
             CUDA); baseline: torchvision DataLoader with PIL transforms in worker processes, then the copy
 Baselines are written as the reference code works: fp32, contiguous layout, EOT as a sequential loop, and the GSeM
-correction by the reference's pair of tensor hooks registered after each forward (spec gsem.md §2.1).
+correction by the reference's pair of tensor hooks registered after each forward (X-L-Liu/GSeM).
 The two sides of a workload are timed in alternation and the median step is reported, so drift of the machine falls
 on both alike. Prints a markdown table naming the device (peak memory on CUDA; it includes the other side's resident
 weights, tens of MiB) and optionally writes JSON with one entry per workload holding both throughputs and their ratio.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -42,13 +43,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD  # noqa: E402
 from attacks.autoattack_lib import apgd  # noqa: E402
-from attacks.base import eval_mode  # noqa: E402
+from utils.runtime import eval_mode  # noqa: E402
 from models import build_model  # noqa: E402
 from models.gsem import GradSemiMaskModule  # noqa: E402
 from utils.data import DeviceLoader, fgr_device_transforms, fgr_transforms  # noqa: E402
-from utils.engine import autocast, bf16_native, fast_path, train_step  # noqa: E402
-from utils.losses import MixedAdversarialCE  # noqa: E402
-from utils.regularizers import GradientRegularizedCE  # noqa: E402
+from utils.losses import cross_entropy, gradient_regularized  # noqa: E402
+from utils.runtime import autocast, bf16_native, fast_path  # noqa: E402
+from utils.training import TrainStep, half_adversarial  # noqa: E402
 
 WORKLOADS = ["fgr", "gsem", "pgd", "apgd", "fgr-amp", "pgd-amp", "apgd-amp", "data"]
 CUDA_BATCH = {"fgr": 128, "gsem": 256, "pgd": 512, "apgd": 512, "data": 128}
@@ -184,9 +185,10 @@ def make_baseline(workload, device, x, y, k=RECIPE):
         return _epoch(loader, device)
     if base == "fgr":
         model = build_model("vgg11", 10).to(device).train()
-        crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="gather")
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        return lambda: train_step(model, opt, crit, x, y, device)
+        step = TrainStep(model, opt, functools.partial(gradient_regularized, lamb=300.0, sampler="gather"),
+                         device=device)
+        return lambda: step(x, y)
     model = reference_model("GSeMResNet18", device)
     if base == "gsem":
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -208,11 +210,15 @@ def make_ours(workload, device, x, y, k=RECIPE):
         return _epoch(DeviceLoader(_FakeCIFAR(DATA_BATCHES * len(x), static), len(x), device, aug, bar=False), device)
     if base == "fgr":
         model = _setup("vgg11", device, amp, double_backward=True).train()
-        crit = GradientRegularizedCE("fgr", 300.0, 0.01, sampler="native")
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step = TrainStep(model, opt, functools.partial(gradient_regularized, lamb=300.0, sampler="native"),
+                         amp=amp, device=device)
     elif base == "gsem":
         model = _setup("GSeMResNet18", device, amp).train()
         attack = PGD(model, 8 / 255, 2 / 255, k["attack_steps"], eot_iter=k["att_eot"], batched_eot=True, amp=amp)
-        crit = MixedAdversarialCE(attack, k["gra_eot"])
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        step = TrainStep(model, opt, cross_entropy, make_input=half_adversarial(attack), eot_iter=k["gra_eot"],
+                         amp=amp, device=device)
     else:
         model = _setup("GSeMResNet18", device, amp).eval()
         attack = (PGD(model, 8 / 255, 2 / 255, 1, eot_iter=k["eval_eot"], batched_eot=True) if base == "pgd"
@@ -222,8 +228,7 @@ def make_ours(workload, device, x, y, k=RECIPE):
             with autocast(device, amp):  # evaluate_gsem.py --amp: the whole evaluation under autocast
                 return attack(x, y)
         return run
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    return lambda: train_step(model, opt, crit, x, y, device, amp=amp)
+    return lambda: step(x, y)
 
 
 def main(argv=None):

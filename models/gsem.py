@@ -1,7 +1,7 @@
 """Gradient Semi-Masking (GSeM) module and the GSeM backbones.
 
 Liu et al., "Gradient Semi-Masking for Improving Adversarial Robustness", Pattern Recognition 172 (2025) 112433;
-reference code X-L-Liu/GSeM ``model_class/gsem.py``, ``gsemresnet.py``, ``gsemwideresnet.py`` (spec gsem.md §1-2).
+reference code X-L-Liu/GSeM ``model_class/gsem.py``, ``gsemresnet.py``, ``gsemwideresnet.py``.
 
 The module quantises its input to a 1/alpha grid, adds integer uniform noise in [-beta, beta] (always on, also in
 eval mode), smooths it with a 1x1 conv, concatenates it with the input, and applies 3x3 conv -> BN -> Mish.

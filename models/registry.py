@@ -7,6 +7,7 @@ Register a constructor with ``@register("name", "Alias")``; build it with
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -58,17 +59,29 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_model(name: str, num_classes: int, normalize: tuple | None = None, **kwargs) -> nn.Module:
+def model_options(name: str) -> dict:
+    """The keyword options the constructor of ``name`` takes besides ``num_classes``, with their defaults
+    (GSeM: ``{"alpha": 6, "beta": 4, "gradient_correction": True}``; the other families: ``{}``)."""
+    params = inspect.signature(_REGISTRY[canonical_name(name).lower()]).parameters
+    return {k: p.default for k, p in params.items() if k != "num_classes"}
+
+
+def build_model(name: str, num_classes: int, normalize: tuple | None = None, options: dict | None = None,
+                **kwargs) -> nn.Module:
     """Build a registered model.
 
     Args:
-        name: registry name (case-insensitive), e.g. ``vgg11``, ``resnet18``, ``wrn28_10``.
+        name: registry name (case-insensitive), e.g. ``vgg11``, ``resnet18``, ``wrn28_10``, ``GSeMResNet18``.
         num_classes: size of the output layer.
         normalize: optional ``(mean, std)``; the model then normalises its [0, 1] input itself.
-        kwargs: passed to the constructor (e.g. ``alpha``/``beta`` for GSeM models).
+        options: settings offered to any family (e.g. ``{"alpha": 6, "beta": 4}``); only those the constructor
+            takes (:func:`model_options`) are passed, so scripts need not know which family takes what.
+        kwargs: passed to the constructor as they are.
     """
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    accepted = model_options(name)
+    kwargs = {**{k: v for k, v in (options or {}).items() if k in accepted}, **kwargs}
     model = _REGISTRY[canonical_name(name).lower()](int(num_classes), **kwargs)
     if normalize is not None:
         model.input_norm = Normalize(*normalize)

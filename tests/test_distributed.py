@@ -10,8 +10,10 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.engine import train_step  # noqa: E402
-from utils.regularizers import GradientRegularizedCE  # noqa: E402
+import functools  # noqa: E402
+
+from utils.losses import gradient_regularized  # noqa: E402
+from utils.training import TrainStep  # noqa: E402
 
 WORLD = 2
 
@@ -30,8 +32,8 @@ def batch():
 def one_step(model, x, y, lamb):
     model.eval()  # BatchNorm with running statistics: examples independent, so the split is exact
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    train_step(model, opt, GradientRegularizedCE("fgr", lamb, rs_sigma=0.0, sampler="gather"), x, y,
-               torch.device("cpu"))
+    loss_fn = functools.partial(gradient_regularized, reg="fgr", lamb=lamb, rs_sigma=0.0, sampler="gather")
+    TrainStep(model, opt, loss_fn, device="cpu")(x, y)
 
 
 def worker(rank, port, lamb, out):
@@ -73,7 +75,7 @@ def test_ddp_step_equals_single_process_step(lamb, tmp_path):
 
 
 def test_channels_last_fast_path_gives_the_same_step_on_cpu():
-    from utils.engine import prepare_training_model
+    from utils.runtime import prepare_training_model
 
     x, y = batch()
     results = []

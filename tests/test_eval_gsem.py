@@ -14,9 +14,12 @@ from attacks import PGD
 from attacks.autoattack_lib import apgd
 from attacks.cw import CWL2
 from models import GradSemiMaskModule
-from utils import robust_eval
-from utils.engine import autocast, bf16_native
-from utils.robust_eval import build_attack
+from attacks import AttackConfig, build_attack
+from utils.runtime import autocast, bf16_native
+
+
+# the intensity attacks of the registry (the deformation attacks have their own tests)
+GSEM_SUITE_ATTACKS = ["PGD500", "CW100", "APGD500", "AA", "AA-standard", "AA-rand", "CWinf", "PGD-uncorrected"]
 
 
 def linear_task_model():
@@ -56,7 +59,7 @@ def test_pgd_and_apgd_break_an_undefended_model_at_8_255():
 def test_linf_attacks_keep_the_eps_ball_and_range(name):
     model = tiny_gsem()
     x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    attack, settings = build_attack(name, model, eot=2, scale=0.01)
+    attack, settings = build_attack(name, model, AttackConfig(eot_iter=2, steps_scale=0.01))
     x_adv = attack(x, y)
     assert settings["eps"] == pytest.approx(8 / 255)
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
@@ -75,7 +78,7 @@ def test_apgd_wrapper_equals_the_library_on_a_deterministic_model():
     model = tiny_gsem(beta=0)
     torch.manual_seed(1)
     x, y = torch.rand(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    ours, _ = build_attack("APGD500", model, eot=2, scale=0.02, seed=0)
+    ours, _ = build_attack("APGD500", model, AttackConfig(eot_iter=2, steps_scale=0.02, seed=0))
     x_ours = ours(x, y)
     lib = APGDAttack(model, n_iter=10, norm="Linf", n_restarts=1, eps=8 / 255, seed=0, loss="ce", eot_iter=2, rho=0.75)
     x_lib = lib.perturb(x, y)
@@ -98,7 +101,7 @@ def test_corrected_attack_at_least_as_strong_as_uncorrected_on_a_gsem_model():
     accs = {}
     for name in ("PGD500", "PGD-uncorrected"):
         torch.manual_seed(2)
-        attack, _ = build_attack(name, model, eps=4 / 255, eot=1, scale=0.04)
+        attack, _ = build_attack(name, model, AttackConfig(eps=4 / 255, eot_iter=1, steps_scale=0.04))
         accs[name] = acc(model, attack(x, y), y)
     assert accs["PGD500"] <= accs["PGD-uncorrected"]
 
@@ -126,7 +129,8 @@ def test_seed_command_parses_and_defaults_are_the_reference_settings():
     assert args.attacks == ["Clean", "PGD500", "CW100", "APGD500", "AA"]
     assert (args.batch_size, args.att_eot_num, args.eps, args.repeat, args.steps_scale, args.amp) == \
         (512, 20, 8.0, 1, 1.0, False)
-    s = {name: build_attack(name, tiny_gsem())[1] for name in args.attacks}
+    cfg = evaluate_gsem.attack_config(args, 10, args.seed)
+    s = {name: build_attack(name, tiny_gsem(), cfg)[1] for name in args.attacks[1:]}
     assert (s["PGD500"]["steps"], s["PGD500"]["alpha"], s["PGD500"]["eot_iter"]) == (500, 2 / 255, 20)
     assert (s["CW100"]["steps"], s["CW100"]["c"], s["CW100"]["kappa"], s["CW100"]["lr"], s["CW100"]["bounded"]) == \
         (500, 1.0, 0.0, 0.01, False)
@@ -137,13 +141,13 @@ def test_seed_command_parses_and_defaults_are_the_reference_settings():
 def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem_checkpoint, tmp_path, capsys,
                                                              monkeypatch):
     record = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
-        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *robust_eval.ALL_ATTACKS, "--repeat", "2",
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *evaluate_gsem.ALL_ATTACKS, "--repeat", "2",
         "--worst_case")))
     out = capsys.readouterr().out
     for name in ("Clean", "PGD500", "CW100", "APGD500", "AA"):
         assert f"\n{name}: " in out
     assert (record["settings"]["alpha"], record["settings"]["beta"]) == (5, 3)  # taken from the checkpoint
-    assert set(record["results"]) == set(robust_eval.ALL_ATTACKS) and "sanity" in record
+    assert set(record["results"]) == set(evaluate_gsem.ALL_ATTACKS) and "sanity" in record
     assert len(record["results"]["PGD500"]["accs"]) == 2
     assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in record["results"].items() if k != "Clean")
     path = tmp_path / (os.path.basename(gsem_checkpoint)[:-3] + "_cifar10_eval.json")
@@ -176,10 +180,8 @@ def test_every_attack_runs_under_bf16_autocast_on_cpu():
     in [0, 1], inside the eps-ball for the L-inf ones, and the gradient attacks still move the points."""
     model = tiny_gsem()
     x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
-    for name in robust_eval.ALL_ATTACKS:
-        if name == "Clean":
-            continue
-        attack, settings = build_attack(name, model, eot=2, scale=0.01, amp=True)
+    for name in GSEM_SUITE_ATTACKS:
+        attack, settings = build_attack(name, model, AttackConfig(eot_iter=2, steps_scale=0.01, amp=True))
         with autocast(torch.device("cpu"), True):
             x_adv = attack(x, y)
         assert x_adv.dtype == torch.float32 and torch.isfinite(x_adv).all(), name

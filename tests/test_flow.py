@@ -82,7 +82,7 @@ def test_gradcheck_double_backward_float64(sampler):
 
 
 def test_native_double_backward_detected_on_this_pytorch():
-    # True on PyTorch 2.13+ (spec fgr.md §2.4); the auto choice must follow the check.
+    # True on PyTorch 2.13+ (the authors' gather sampler is the fallback); the auto choice must follow the check.
     supported = native_double_backward_supported("cpu")
     assert resolve_sampler("auto", "cpu") == ("native" if supported else "gather")
     if tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 13):

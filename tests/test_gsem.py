@@ -69,13 +69,13 @@ def ce(logits, y):
 def test_batched_and_looped_eot_equal_without_noise():
     model = tiny_gsem_net(beta=0)
     x, y = torch.rand(5, 3, 16, 16), torch.randint(0, 3, (5,))
-    g1, l1 = eot_input_grad(model, x, y, ce, n=4, batched=True)
-    g2, l2 = eot_input_grad(model, x, y, ce, n=4, batched=False)
+    g1, l1 = eot_input_grad(model, x, y, ce, eot_iter=4, batched=True)
+    g2, l2 = eot_input_grad(model, x, y, ce, eot_iter=4, batched=False)
     assert torch.allclose(g1, g2, atol=1e-6) and torch.allclose(l1, l2, atol=1e-6)
     for cap in (1, 10, 15):  # 5 images: 1, 2 and 2 (3 at most, split evenly: 4 = 2 + 2) copies per forward
-        g3, l3 = eot_input_grad(model, x, y, ce, n=4, batched=True, max_batch=cap)
+        g3, l3 = eot_input_grad(model, x, y, ce, eot_iter=4, batched=True, max_batch=cap)
         assert torch.allclose(g1, g3, atol=1e-6) and torch.allclose(l1, l3, atol=1e-6)
-    g4, _ = eot_input_grad(model, x, y, ce, n=3, batched=True, max_batch=10)  # 3 = 2 + 1 copies
+    g4, _ = eot_input_grad(model, x, y, ce, eot_iter=3, batched=True, max_batch=10)  # 3 = 2 + 1 copies
     assert torch.allclose(g1, g4, atol=1e-6)
 
 
@@ -84,10 +84,10 @@ def test_batched_and_looped_eot_agree_in_expectation():
     torch.manual_seed(1)
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 3, (4,))
     big = 400
-    g_b, _ = eot_input_grad(model, x, y, ce, n=big, batched=True)
-    g_l, _ = eot_input_grad(model, x, y, ce, n=big, batched=False)
+    g_b, _ = eot_input_grad(model, x, y, ce, eot_iter=big, batched=True)
+    g_l, _ = eot_input_grad(model, x, y, ce, eot_iter=big, batched=False)
     # per-element spread of single draws, to turn the difference of the two means into z-scores
-    draws = torch.stack([eot_input_grad(model, x, y, ce, n=1)[0] for _ in range(40)])
+    draws = torch.stack([eot_input_grad(model, x, y, ce, eot_iter=1)[0] for _ in range(40)])
     se = draws.std(0) * (2 / big) ** 0.5 + 1e-12
     z = ((g_b - g_l) / se).flatten()
     assert z.abs().mean() < 1.2  # ~0.8 for two unbiased estimates of the same mean
@@ -100,7 +100,7 @@ def test_eot_backward_averages_weight_gradients():
     model = tiny_gsem_net(beta=0).train()
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 3, (4,))
     model.zero_grad()
-    loss, _ = eot_backward(lambda: (F.cross_entropy(model(x), y), model(x)), n=3)
+    loss, _, _ = eot_backward(lambda: (F.cross_entropy(model(x), y), model(x), {}), eot_iter=3)
     g3 = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()

@@ -9,7 +9,7 @@ import train_gsem_awp
 import train_gsem_mart
 from models import build_model
 from synthetic import write_svhn
-from utils import engine
+from utils import training
 from utils.checkpoint import load_checkpoint, load_model_state
 
 SCRIPTS = {"gsem": train_gsem, "mart": train_gsem_mart, "awp": train_gsem_awp}
@@ -55,7 +55,7 @@ def test_one_epoch_produces_a_loadable_reference_named_checkpoint(method, datase
     ckpt = load_checkpoint(best)
     model = build_model("GSeMResNet18", 100 if dataset == "cifar100" else 10)
     load_model_state(model, ckpt["model"], best, "GSeMResNet18")
-    assert ckpt["args"]["dataset_name"] == dataset and ckpt["stage"] == 0 and ckpt["epoch"] == 1
+    assert ckpt["args"]["dataset_name"] == dataset and ckpt["context"] == {"reload": 0} and ckpt["epoch"] == 1
     assert {"test_acc", "clean_acc", "adv_acc", "train_loss"} <= set(ckpt["metrics"])
     assert os.path.isfile(tmp_path / dataset / f"GSeMResNet18_6_4_{method}.log.json")
 
@@ -64,8 +64,8 @@ def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_pat
     carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--reload", "2")))
     files = sorted(f for f in os.listdir(tmp_path / "cifar10") if f.endswith(".pt") and "last" not in f)
     assert files == [os.path.basename(carry["best_file"])]
-    stages = [r["stage"] for r in carry["history"]]
-    assert stages == [0, 1]
+    reloads = [r["reload"] for r in carry["history"]]
+    assert reloads == [0, 1]
 
 
 def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
@@ -73,7 +73,7 @@ def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_pat
     train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "full", *argv)))
     ref = torch.load(tmp_path / "full" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
 
-    real, calls = engine.train_one_epoch, {"n": 0}
+    real, calls = training.train_one_epoch, {"n": 0}
 
     def crash_in_second_reload(*a, **k):
         calls["n"] += 1
@@ -81,13 +81,13 @@ def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_pat
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(engine, "train_one_epoch", crash_in_second_reload)
+    monkeypatch.setattr(training, "train_one_epoch", crash_in_second_reload)
     with pytest.raises(KeyboardInterrupt):
         train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv)))
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    monkeypatch.setattr(training, "train_one_epoch", real)
     train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv, "--resume")))
     got = torch.load(tmp_path / "part" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
-    assert got["stage"] == 1 and [r["stage"] for r in got["history"]] == [0, 1]
+    assert got["context"] == {"reload": 1} and [r["reload"] for r in got["history"]] == [0, 1]
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
 

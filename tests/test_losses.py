@@ -1,4 +1,5 @@
-"""MART against its formula on a hand-made batch, the mixed 50/50 criterion, AWP perturb/restore."""
+"""MART against its formula on a hand-made batch, the training step with the half-adversarial input policy and
+EOT passes, AWP perturb/restore inside the step."""
 import math
 
 import pytest
@@ -8,7 +9,8 @@ import torch.nn.functional as F
 
 from models import build_model
 from utils.awp import AWP
-from utils.losses import MARTCriterion, MixedAdversarialCE, mart_loss
+from utils.losses import cross_entropy, mart, mart_loss
+from utils.training import TrainStep, half_adversarial
 
 
 def test_mart_equals_formula_on_hand_made_batch():
@@ -37,14 +39,16 @@ class Marker:
         return x + 1
 
 
-def test_mixed_criterion_attacks_even_half_and_averages_eot_passes():
+def test_half_adversarial_step_attacks_even_half_and_averages_eot_passes():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     seen = []
     model.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach().clone()))
     x, y = torch.zeros(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
-    loss, logits, _ = MixedAdversarialCE(Marker(), gra_eot=3)(model, x, y)
-    assert len(seen) == 3 and not loss.requires_grad
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # keeps the weights: .grad is the step's gradient
+    step = TrainStep(model, opt, cross_entropy, make_input=half_adversarial(Marker()), eot_iter=3)
+    loss, logits, terms = step(x, y)
+    assert len(seen) == 3 and not loss.requires_grad and terms == {}
     assert torch.equal(seen[0][0::2], torch.ones(2, 3, 2, 2)) and torch.equal(seen[0][1::2], torch.zeros(2, 3, 2, 2))
     expected = torch.autograd.grad(F.cross_entropy(model(seen[0]), y), model[1].weight)[0]
     assert torch.allclose(model[1].weight.grad, expected, atol=1e-6)  # 3 identical passes, averaged
@@ -55,7 +59,7 @@ def test_awp_perturb_then_restore_is_bit_exact_and_targets_weights_only():
     model = build_model("GSeMResNet18", 10, beta=0)
     proxy = build_model("GSeMResNet18", 10, beta=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    awp = AWP(model, proxy, gamma=0.01, eot=2)
+    awp = AWP(model, proxy, gamma=0.01, eot_iter=2)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
     diff = awp.calc(x, y)
     assert set(diff) == {k for k, v in before.items() if v.dim() > 1 and "weight" in k}
@@ -72,7 +76,7 @@ def test_awp_perturb_then_restore_is_bit_exact_and_targets_weights_only():
 def test_awp_restore_keeps_the_optimizer_update():
     torch.manual_seed(0)
     model, proxy = nn.Linear(4, 3), nn.Linear(4, 3)
-    awp = AWP(model, proxy, gamma=0.1, eot=1)
+    awp = AWP(model, proxy, gamma=0.1, eot_iter=1)
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     w0 = model.weight.detach().clone()
     state = awp.perturb(awp.calc(x, y))
@@ -82,15 +86,21 @@ def test_awp_restore_keeps_the_optimizer_update():
     assert torch.allclose(model.weight, w0 - 0.5, atol=1e-6)
 
 
-def test_mart_criterion_with_awp_runs_and_restores_after_step():
+def test_mart_step_with_awp_perturbs_during_the_loss_and_restores_after_the_step():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
     proxy = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
-    crit = MARTCriterion(Marker(), beta=5.0, gra_eot=2, awp=AWP(model, proxy, eot=1))
     x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
     w0 = model[1].weight.detach().clone()
-    loss, logits, _ = crit(model, x, y)
-    assert not torch.equal(model[1].weight, w0)  # perturbed during the loss
+    during = []
+
+    def loss_fn(model, x_in, y, x):
+        during.append(model[1].weight.detach().clone())
+        return mart(model, x_in, y, x, beta=5.0)
+
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    loss, logits, _ = TrainStep(model, opt, loss_fn, make_input=Marker(), eot_iter=2,
+                                awp=AWP(model, proxy, eot_iter=1))(x, y)
+    assert len(during) == 2 and not torch.equal(during[0], w0)  # perturbed during the loss
     assert model[1].weight.grad is not None and torch.isfinite(loss)
-    crit.after_step(model)
-    assert torch.equal(model[1].weight, w0)
+    assert torch.equal(model[1].weight, w0)  # restored after the (zero) step

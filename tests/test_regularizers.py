@@ -1,10 +1,11 @@
-"""FGR and IGR penalties against direct computations (spec fgr.md §2.1, §2.4, §2.7)."""
+"""FGR and IGR penalties against direct computations (the authors' reduction and gather sampler)."""
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.regularizers import GradientRegularizedCE, flow_gradient_penalty, input_gradient_penalty
+from utils.losses import gradient_regularized
+from utils.regularizers import flow_gradient_penalty, input_gradient_penalty
 
 
 def tiny_model(dtype=torch.float32, bn=True):
@@ -99,16 +100,16 @@ def test_igr_equals_direct_computation():
     assert r.item() == pytest.approx(torch.stack(per_example).mean().item(), rel=1e-5)
 
 
-def test_criterion_lambda_zero_is_plain_cross_entropy_and_objective_is_ce_plus_lambda_r():
+def test_loss_lambda_zero_is_plain_cross_entropy_and_objective_is_ce_plus_lambda_r():
     model = tiny_model().eval()
     torch.manual_seed(6)
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    loss, logits, logs = GradientRegularizedCE("fgr", 0.0)(model, x, y)
+    loss, logits, logs = gradient_regularized(model, x, y, x, reg="fgr", lamb=0.0)
     assert torch.allclose(loss, F.cross_entropy(model(x), y)) and "reg" not in logs
-    loss, _, logs = GradientRegularizedCE("fgr", 300.0, rs_sigma=0.0)(model, x, y)
+    loss, _, logs = gradient_regularized(model, x, y, x, reg="fgr", lamb=300.0, rs_sigma=0.0)
     assert loss.item() == pytest.approx(logs["ce"].item() + 300.0 * logs["reg"].item(), rel=1e-6)
     assert logs["reg"].item() == pytest.approx(direct_fgr(model, x, y).item(), rel=1e-4)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError):
-        GradientRegularizedCE("xyz", 1.0)
+        gradient_regularized(model, x, y, x, reg="xyz", lamb=1.0)

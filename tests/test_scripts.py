@@ -9,7 +9,7 @@ import evaluate
 import main
 from models import build_model
 from utils import checkpoint as ckpt_mod
-from utils import engine
+from utils import training
 from utils.cli import fgr_run_name
 
 RUN = "cifar10_vgg11_fgr_300.0_rs_0.01"
@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
     ref = torch.load(full / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
 
     part = tmp_path / "part"
-    real = engine.train_one_epoch
+    real = training.train_one_epoch
     calls = {"n": 0}
 
     def crash_on_second_epoch(*a, **k):
@@ -133,10 +133,10 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
             raise KeyboardInterrupt  # killed during epoch 2
         return real(*a, **k)
 
-    monkeypatch.setattr(engine, "train_one_epoch", crash_on_second_epoch)
+    monkeypatch.setattr(training, "train_one_epoch", crash_on_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data)))
-    monkeypatch.setattr(engine, "train_one_epoch", real)
+    monkeypatch.setattr(training, "train_one_epoch", real)
     main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data, "--resume")))
     got = torch.load(part / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
     assert got["epoch"] == 2 and len(got["history"]) == 2

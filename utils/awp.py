@@ -1,10 +1,11 @@
 """Adversarial Weight Perturbation (Wu et al., NeurIPS 2020; csdongxian/AWP ``utils_awp.py``), as the GSeM
-reference uses it (spec gsem.md §3.3): one step of SGD (lr 0.01, no momentum, no weight decay) on a proxy copy of
+reference uses it (X-L-Liu/GSeM ``train_gsem_awp.py``): one step of SGD (lr 0.01, no momentum, no weight decay) on a proxy copy of
 the model to maximise the cross-entropy on the adversarial batch (EOT over the GSeM noise), then every conv/linear
 weight (state_dict entries with 'weight' in the name and more than one dimension) is moved by
 gamma * ||w|| * (w_proxy - w) / ||w_proxy - w||, with gamma = 0.01 and no warm-up.
 
-Use: ``state = awp.perturb(awp.calc(x_adv, y))`` before the loss, ``awp.restore(state)`` after ``optimizer.step()``.
+Use: ``state = awp.perturb(awp.calc(x_adv, y))`` before the loss, ``awp.restore(state)`` after ``optimizer.step()``
+(``utils.training.TrainStep`` does both).
 """
 from __future__ import annotations
 
@@ -18,11 +19,16 @@ EPS = 1e-20
 
 
 class AWP:
-    """Args: model, proxy (a second instance of the same architecture), gamma (relative perturbation size),
-    proxy_lr (proxy SGD step), eot (noisy passes for the proxy gradient)."""
+    """Args:
+        model: the model to perturb (the plain module, not a DDP wrapper).
+        proxy: a second instance of the same architecture.
+        gamma: perturbation size relative to each weight's norm.
+        proxy_lr: the proxy's SGD step.
+        eot_iter: noisy passes for the proxy gradient.
+    """
 
-    def __init__(self, model, proxy, gamma: float = 0.01, proxy_lr: float = 0.01, eot: int = 10):
-        self.model, self.proxy, self.gamma, self.eot = model, proxy, gamma, eot
+    def __init__(self, model, proxy, gamma: float = 0.01, proxy_lr: float = 0.01, eot_iter: int = 10):
+        self.model, self.proxy, self.gamma, self.eot_iter = model, proxy, gamma, eot_iter
         self.proxy_optim = torch.optim.SGD(proxy.parameters(), lr=proxy_lr)
 
     def calc(self, x_adv, y) -> dict:
@@ -33,9 +39,9 @@ class AWP:
 
         def one_pass():
             logits = self.proxy(x_adv)
-            return -F.cross_entropy(logits, y), logits
+            return -F.cross_entropy(logits, y), logits, {}
 
-        eot_backward(one_pass, self.eot)
+        eot_backward(one_pass, self.eot_iter)
         for p in self.proxy.parameters():  # distributed: the proxy step uses the gradient of the global batch
             if p.grad is not None:
                 all_reduce_sum(p.grad).div_(world_size())

@@ -1,24 +1,31 @@
-"""Checkpoints: atomic writes, ``weights_only=True`` loads, RNG capture, and clear errors.
+"""Checkpoints: atomic writes, ``weights_only=True`` loads, RNG capture, clear errors, and the
+:class:`Checkpointer` that owns a training run's files.
 
 A checkpoint of this repository is a dict::
 
-    {"model": state_dict, "args": vars(args), "epoch": int, "metrics": {...},
-     "optimizer": ..., "scheduler": ..., "rng": {...}, "format": "robust-deform/1"}
+    {"format": "robust-deform/2", "model": state_dict, "args": vars(args), "epoch": int, "context": {...},
+     "metrics": {...}, "best": float, "best_file": str, "history": [...], "optimizer": ..., "scheduler": ...,
+     "rng": {...}}
 
 Loaders also accept a bare reference ``state_dict`` (what the FGR and GSeM authors' code saves).
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import tempfile
 
 import torch
 
+from . import distributed as dist
 from .errors import UserError
+from .results import JsonLog
 
-FORMAT = "robust-deform/1"
+FORMAT = "robust-deform/2"
+# settings that may differ between an interrupted run and its resumption
+RESUME_FREE_ARGS = {"epochs", "resume", "no_bar", "device", "workers"}
 
 
 def atomic_save(obj, path: str) -> None:
@@ -111,3 +118,95 @@ def file_sha256(path: str, length: int = 16) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:length]
+
+
+class Checkpointer:
+    """A training run's files: the best checkpoint, the resume state and the JSON log.
+
+    Args:
+        last_path: the full training state after the latest finished epoch (``--resume`` continues from it).
+        log_path: the JSON log (args + one record per epoch).
+        args: the run's settings (``vars(args)``), stored everywhere; a resume with other settings (except
+            :data:`RESUME_FREE_ARGS`) is refused.
+        best_path: the best checkpoint's path, or a function ``record -> path`` (e.g. the accuracy in the file name,
+            as the GSeM reference names its checkpoints); when the name changes the previous best file is removed.
+        select_key: the record entry that defines "best" (higher is better).
+        select: ``'best'`` (the references' rule) or ``'last'`` (the latest epoch is written as the best file).
+        best: the value to beat (the GSeM reference's ``--best_acc``).
+        best_file: a starting best file (initial weights); never removed.
+
+    ``context`` (a dict, set by the method, e.g. ``{"reload": 2}``) is added to every record and stored in the
+    resume state: a resume continues only the epochs of the same context. Under torchrun only rank 0 writes.
+    """
+
+    def __init__(self, last_path: str, log_path: str, args: dict, *, best_path, select_key: str = "val_acc",
+                 select: str = "best", best: float = -math.inf, best_file: str | None = None):
+        if select not in ("best", "last"):
+            raise ValueError(f"select must be 'best' or 'last', got {select!r}")
+        self.last_path, self.args, self.best_path = last_path, args, best_path
+        self.select_key, self.select = select_key, select
+        self.best, self.best_file, self.keep = best, best_file, best_file
+        self.context: dict = {}
+        self.log = JsonLog(log_path, args)
+        self._state = None
+
+    @property
+    def history(self) -> list:
+        return self.log.history
+
+    def load_last(self) -> dict | None:
+        """Read the resume state (once), check its settings, and take over its best, best file and history.
+        Returns the state, or None when there is none."""
+        if self._state is None and os.path.isfile(self.last_path):
+            state = load_checkpoint(self.last_path)
+            changed = {k: (state["args"].get(k), v) for k, v in self.args.items()
+                       if k not in RESUME_FREE_ARGS and state["args"].get(k) != v}
+            if changed:
+                detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                raise UserError(f"--resume: {self.last_path} was written with other settings ({detail})")
+            self._state = state
+            self.best, self.best_file = state["best"], state.get("best_file")
+            self.log.history = list(state["history"])
+        return self._state
+
+    def restore(self, net, optimizer, scheduler, generator=None) -> int:
+        """Load the resume state into these objects if it belongs to the current ``context``.
+        Returns the number of epochs already done in this context (0 when nothing was restored)."""
+        state = self.load_last()
+        if state is None:
+            print(f"--resume: no state at {self.last_path}; starting from scratch", flush=True)
+            return 0
+        if state.get("context", {}) != self.context:
+            return 0
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"], generator)
+        return state["epoch"]
+
+    def save(self, record: dict, net, optimizer, scheduler, generator=None) -> bool:
+        """Record an epoch (``best_<key>`` and the context are added to ``record``), write the best checkpoint if it
+        improved (or always, with ``select='last'``) and the resume state. Returns whether the key improved."""
+        improved = record[self.select_key] > self.best
+        self.best = max(self.best, record[self.select_key])
+        record.update(self.context)
+        record[f"best_{self.select_key}"] = self.best
+        main = dist.is_main()
+        self.log.append(record, write=main)
+        state = {"format": FORMAT, "model": net.state_dict(), "args": self.args, "epoch": record["epoch"],
+                 "context": dict(self.context), "metrics": record, "best": self.best, "history": self.history,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_state(generator)}
+        if self.select == "last" or improved:
+            path = self.best_path(record) if callable(self.best_path) else self.best_path
+            state["best_file"] = path
+            if main:
+                atomic_save(state, path)
+                old = self.best_file
+                if old and old != self.keep and os.path.abspath(old) != os.path.abspath(path) and os.path.isfile(old):
+                    os.remove(old)
+            self.best_file = path
+        state["best_file"] = self.best_file
+        if main:
+            atomic_save(state, self.last_path)
+        return improved

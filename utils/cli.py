@@ -1,11 +1,7 @@
-"""Command-line pieces shared by the scripts: common flags, range checks, run names, seeding."""
+"""Command-line pieces shared by the scripts: common flags, range checks, run names."""
 from __future__ import annotations
 
 import argparse
-import json
-import random
-
-import torch
 
 from models import canonical_name
 
@@ -110,12 +106,3 @@ def check_model_name(name: str) -> str:
         return canonical_name(name)
     except ValueError as e:
         raise UserError(str(e)) from None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def format_args(args) -> str:
-    return json.dumps(vars(args), sort_keys=True)

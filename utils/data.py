@@ -162,7 +162,7 @@ class Cutout:
 
 
 def gsem_transforms():
-    """(train, test) transforms of the GSeM reference, the same for CIFAR-10, CIFAR-100 and SVHN (spec gsem.md §3.2):
+    """(train, test) transforms of the GSeM reference, the same for CIFAR-10, CIFAR-100 and SVHN (X-L-Liu/GSeM):
     RandomCrop(32, padding=4, fill=128) -> flip -> AutoAugment (CIFAR-10 policy, fill 128) -> ToTensor -> Cutout(16);
     test: ToTensor only. torchvision's AutoAugment stands in for the reference's DeepVoltaire copy of the policy."""
     train = transforms.Compose([

@@ -1,4 +1,4 @@
-"""The one EOT helper: expectation over transformation, here over the GSeM noise (spec gsem.md §2.4).
+"""The one EOT helper: expectation over transformation (Athalye et al., ICML 2018), here over the GSeM noise.
 
 Two forms with the same expectation:
 - looped (the reference): n forward/backward passes of the batch, gradients averaged;
@@ -20,22 +20,23 @@ import torch
 EOT_MAX_BATCH = {"cpu": 64, "cuda": 1024}
 
 
-def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, n: int = 1, batched: bool = True,
+def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, eot_iter: int = 1, batched: bool = True,
                    max_batch: int | None = None):
-    """Gradient of ``loss_fn(model(x), y)`` with respect to ``x``, averaged over ``n`` noisy passes.
+    """Gradient of ``loss_fn(model(x), y)`` with respect to ``x``, averaged over ``eot_iter`` noisy passes.
 
     Args:
         model: classifier on [0, 1] images (a GSeM model draws fresh noise at every forward).
         x: B x C x H x W input; y: B labels (or any per-example target ``loss_fn`` takes).
         loss_fn: ``loss_fn(logits, y) -> B`` per-example losses (summed, so examples do not rescale each other).
-        n: number of EOT samples (>= 1).
+        eot_iter: number of EOT samples (>= 1).
         batched: stack copies of the batch into one forward (False: one forward per sample, as the reference).
         max_batch: most images per batched forward (default :data:`EOT_MAX_BATCH` for the device; at least one copy).
     Returns:
-        ``(grad, loss)``: B x C x H x W mean gradient and the B per-example losses averaged over the n passes.
+        ``(grad, loss)``: B x C x H x W mean gradient and the B per-example losses averaged over the passes.
     """
+    n = eot_iter
     if n < 1:
-        raise ValueError(f"EOT needs n >= 1, got {n}")
+        raise ValueError(f"EOT needs eot_iter >= 1, got {n}")
     x = x.detach()
     b = x.shape[0]
     cap = max_batch or EOT_MAX_BATCH.get(x.device.type, 1024)
@@ -53,21 +54,24 @@ def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, n: int = 1,
     return grad / n, loss_sum / n
 
 
-def eot_backward(loss_fn, n: int = 1, model=None):
-    """Accumulate weight gradients over ``n`` noisy passes (the reference's ``gra_eot_num``): calls
-    ``loss_fn() -> (loss, logits)`` n times, backpropagating ``loss / n`` each time (so the accumulated ``.grad`` is
-    the mean gradient, and train-mode BatchNorm sees n separate updates as in the reference).
+def eot_backward(loss_fn, eot_iter: int = 1, model=None):
+    """Accumulate weight gradients over ``eot_iter`` noisy passes (the GSeM reference's ``gra_eot_num``): calls
+    ``loss_fn() -> (loss, logits, terms)`` that many times, backpropagating ``loss / eot_iter`` each time, so the
+    accumulated ``.grad`` is the mean gradient and train-mode BatchNorm sees separate updates, as in the reference.
 
     With a DistributedDataParallel ``model``, gradients are synchronised once, on the last pass.
-    Returns ``(mean loss (detached), logits of the last pass (detached))``.
+    Returns:
+        ``(mean loss, logits of the last pass, mean terms)``, all detached.
     """
-    if n < 1:
-        raise ValueError(f"EOT needs n >= 1, got {n}")
-    total = 0.0
-    for i in range(n):
-        sync = i == n - 1 or not hasattr(model, "no_sync")
+    if eot_iter < 1:
+        raise ValueError(f"EOT needs eot_iter >= 1, got {eot_iter}")
+    total, sums = 0.0, {}
+    for i in range(eot_iter):
+        sync = i == eot_iter - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            loss, logits = loss_fn()
-            (loss / n).backward()
+            loss, logits, terms = loss_fn()
+            (loss / eot_iter).backward()
         total = total + loss.detach()
-    return total / n, logits.detach()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v.detach()
+    return total / eot_iter, logits.detach(), {k: v / eot_iter for k, v in sums.items()}

@@ -1,6 +1,6 @@
 """The one warp helper: flow fields, bilinear samplers and their units.
 
-Conventions (FGR reference, spec fgr.md §1):
+Conventions (the FGR authors' code, xpf/Flow-Gradient-Regularization):
 - A flow ``n`` has shape B x H x W x 2, component 0 horizontal (x, column) and 1 vertical (y, row), in *normalised*
   ``align_corners=True`` units: -1 and +1 are the centres of the corner pixels, so one pixel is ``2 / (W - 1)``
   normalised units (2/31 ~= 0.0645 at 32 x 32; eps = 0.01 ~= 0.155 px).
@@ -11,7 +11,7 @@ Two samplers:
   (checked at run time by :func:`native_double_backward_supported`).
 - ``gather``: the FGR authors' sampler built from differentiable primitives (floor, clamp, gather), differentiable
   to any order on every PyTorch version. It replicates the last row/column beyond the bottom/right edge and
-  extrapolates linearly beyond the top/left edge (spec §2.4).
+  extrapolates linearly beyond the top/left edge.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 # Native sampler with border padding evaluated at identity + this offset reproduces the gather sampler's one-sided
-# (forward) differences at pixel centres, including the zero x-gradient in the last column (spec §2.4).
+# (forward) differences at pixel centres, including the zero x-gradient in the last column.
 GATHER_EQUIVALENT_OFFSET = 1e-6
 
 
@@ -109,7 +109,7 @@ def warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros", sampl
 
 
 def random_flow_start(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """FGR's random start (spec §2.3): warp by i.i.d. N(0, sigma^2) flow noise (normalised units), native sampler,
+    """FGR's random start (the authors' ``main.py``): warp by i.i.d. N(0, sigma^2) flow noise (normalised units), native sampler,
     zeros padding, clamp to [0, 1], detached."""
     b, _, h, w = x.shape
     noise = torch.randn(b, h, w, 2, dtype=x.dtype, device=x.device) * sigma

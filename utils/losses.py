@@ -1,84 +1,81 @@
-"""Adversarial-training criteria for the shared loop (``utils.engine``): GSeM's mixed 50/50 cross-entropy and MART,
-each with EOT over the GSeM noise for the weight gradient (spec gsem.md §3.3). Every criterion takes the training
-attack (``attack(x, y) -> x_adv``) and ``gra_eot`` (noisy forward/backward passes per step) and does its own
-backward (the gradient is accumulated over the passes); MART optionally takes an AWP object (``utils.awp``).
+"""Training losses: pure functions ``loss_fn(model, x_in, y, x) -> (loss, logits, terms)``.
+
+``x_in`` is the batch the input policy made (clean, adversarial, half adversarial; ``utils.training``), ``x`` the
+clean batch, ``loss`` the scalar to backpropagate, ``logits`` the predictions the training accuracy is counted on,
+``terms`` a dict of scalar tensors to log (may be empty). A loss only computes: the training step zeroes gradients,
+runs the EOT passes, perturbs weights and steps. Hyperparameters are keyword arguments, bound with
+``functools.partial`` (see :data:`LOSSES`).
+
+To add a loss: write the function here and add one line to :data:`LOSSES`.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-from .eot import eot_backward
+from .distributed import world_size
+from .flow import random_flow_start
+from .regularizers import flow_gradient_penalty, input_gradient_penalty
 
 
-def mart_loss(logits_adv: torch.Tensor, logits_nat: torch.Tensor, y: torch.Tensor, beta: float = 5.0):
-    """MART (Wang et al., ICLR 2020), as YisenWang/MART ``mart_loss`` (GSeM uses beta = 5, MART's default is 6):
-    boosted CE on the adversarial logits plus beta times the KL(p_nat || p_adv) weighted by 1 - p_nat[y]."""
+def cross_entropy(model, x_in, y, x):
+    """Cross-entropy on ``x_in``: plain training (clean input), PGD adversarial training (Madry et al., ICLR 2018;
+    adversarial input) or GSeM's mixed 50/50 objective (half-adversarial input)."""
+    logits = model(x_in)
+    return F.cross_entropy(logits, y), logits, {}
+
+
+def mart_loss(logits_adv, logits_nat, y, beta: float = 5.0):
+    """MART (Wang et al., ICLR 2020), as YisenWang/MART ``mart_loss``: boosted CE on the adversarial logits plus
+    ``beta`` times KL(p_nat || p_adv) weighted by 1 - p_nat[y]. GSeM uses beta = 5 (MART's default is 6)."""
     b = y.shape[0]
     p_adv = F.softmax(logits_adv, dim=1)
-    top2 = torch.argsort(p_adv, dim=1)[:, -2:]
-    y_other = torch.where(top2[:, -1] == y, top2[:, -2], top2[:, -1])
-    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss(torch.log(1.0001 - p_adv + 1e-12), y_other)
+    top2 = p_adv.argsort(dim=1)[:, -2:]
+    y_other = top2[:, -1].where(top2[:, -1] != y, top2[:, -2])
+    loss_adv = F.cross_entropy(logits_adv, y) + F.nll_loss((1.0001 - p_adv + 1e-12).log(), y_other)
     p_nat = F.softmax(logits_nat, dim=1)
     true_probs = p_nat.gather(1, y.unsqueeze(1)).squeeze(1)
-    kl = F.kl_div(torch.log(p_adv + 1e-12), p_nat, reduction="none").sum(1)  # p_nat * (log p_nat - log p_adv)
+    kl = F.kl_div((p_adv + 1e-12).log(), p_nat, reduction="none").sum(1)  # p_nat * (log p_nat - log p_adv)
     loss_robust = (1.0 / b) * (kl * (1.0000001 - true_probs)).sum()
     return loss_adv + beta * loss_robust
 
 
-class OnAdversarial:
-    """Adversarial training around any criterion: the whole batch is replaced by ``attack(x, y)`` and
-    ``criterion(model, x_adv, y)`` is returned (e.g. FGR's ``CE + lambda * R`` at the adversarially deformed input)."""
-
-    def __init__(self, criterion, attack):
-        self.criterion, self.attack = criterion, attack
-
-    def __call__(self, model, x, y):
-        return self.criterion(model, self.attack(x, y), y)
+def mart(model, x_in, y, x, *, beta: float = 5.0):
+    """MART on adversarial ``x_in`` and clean ``x`` (adversarial forward first, as the GSeM reference); the training
+    accuracy is counted on the adversarial logits."""
+    logits_adv = model(x_in)
+    logits_nat = model(x)
+    return mart_loss(logits_adv, logits_nat, y, beta), logits_adv, {}
 
 
-class MixedAdversarialCE:
-    """train_gsem.py: the even-indexed half of the batch is replaced by adversarial examples, then plain CE over the
-    mixed batch, averaged over ``gra_eot`` noisy passes."""
+def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0.0, rs_sigma: float = 0.01,
+                         sampler: str = "auto"):
+    """``CE + lamb * R`` (Xia & Li, 2021): R the flow-gradient (FGR) or input-gradient (IGR, Ross & Doshi-Velez,
+    AAAI 2018) penalty of ``utils.regularizers``, taken after a random flow start of std ``rs_sigma`` (normalised
+    units; 0.01 = 0.155 px at 32 x 32). ``lamb = 0`` is plain cross-entropy on ``x_in`` (no random start, as the
+    reference). Logs ``ce`` and ``reg`` (R).
 
-    def __init__(self, attack, gra_eot: int = 10):
-        self.attack, self.gra_eot = attack, gra_eot
+    Under DDP each of W processes sees B/W images and its CE is a mean over them, so its per-example gradients are W
+    times those of the global-batch mean: R is divided by W^2 to keep lambda's meaning.
+    """
+    if lamb == 0:
+        logits = model(x_in)
+        ce = F.cross_entropy(logits, y)
+        return ce, logits, {"ce": ce}
+    if rs_sigma > 0:
+        x_in = random_flow_start(x_in, rs_sigma)
+    if reg == "fgr":
+        ce, r, logits = flow_gradient_penalty(model, x_in, y, sampler=sampler)
+    elif reg == "igr":
+        ce, r, logits = input_gradient_penalty(model, x_in, y)
+    else:
+        raise ValueError(f"unknown regularizer {reg!r}; use 'fgr' or 'igr'")
+    r = r / world_size() ** 2
+    return ce + lamb * r, logits, {"ce": ce, "reg": r}
 
-    def __call__(self, model, x, y):
-        x = x.clone()
-        x[0::2] = self.attack(x[0::2], y[0::2])
 
-        def one_pass():
-            logits = model(x)
-            return F.cross_entropy(logits, y), logits
-
-        loss, logits = eot_backward(one_pass, self.gra_eot, model)
-        return loss, logits, {}
-
-
-class MARTCriterion:
-    """train_gsem_mart.py / train_gsem_awp.py: the whole batch adversarial, MART loss (adversarial forward first,
-    then clean), averaged over ``gra_eot`` noisy passes; training accuracy on the adversarial logits. With ``awp``,
-    the weights are perturbed (AWP computed on the adversarial batch) before the passes and restored after the step."""
-
-    def __init__(self, attack, beta: float = 5.0, gra_eot: int = 10, awp=None):
-        self.attack, self.beta, self.gra_eot, self.awp = attack, beta, gra_eot, awp
-        self._awp_state = None
-
-    def __call__(self, model, x, y):
-        x_adv = self.attack(x, y)
-        if self.awp is not None:
-            self._awp_state = self.awp.perturb(self.awp.calc(x_adv, y))
-
-        def one_pass():
-            logits_adv = model(x_adv)
-            logits_nat = model(x)
-            return mart_loss(logits_adv, logits_nat, y, self.beta), logits_adv
-
-        loss, logits = eot_backward(one_pass, self.gra_eot, model)
-        return loss, logits, {}
-
-    def after_step(self, model):
-        if self._awp_state is not None:
-            self.awp.restore(self._awp_state)
-            self._awp_state = None
+# name -> loss function; hyperparameters bound by the script (functools.partial)
+LOSSES = {
+    "ce": cross_entropy,
+    "mart": mart,
+    "fgr": gradient_regularized,
+}

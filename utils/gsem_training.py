@@ -1,7 +1,8 @@
-"""Gradient-corrected adversarial training of GSeM models (spec gsem.md §3), shared by ``train_gsem.py``,
-``train_gsem_mart.py`` and ``train_gsem_awp.py``: flags, the training attack, the half-adversarial test accuracy
-used for model selection, and the warm-restart ("reload") driver around the one training loop (``utils.engine``).
-The three scripts differ only in the criterion they build.
+"""Gradient-corrected adversarial training of GSeM models (Liu et al., Pattern Recognition 2025; X-L-Liu/GSeM
+``train_gsem.py``, ``train_gsem_mart.py``, ``train_gsem_awp.py``): the flags, the training attack, the
+half-adversarial test accuracy that selects the model, and the warm-restart ("reload") schedule, an outer loop
+around the one training loop (``utils.training.fit``). The three scripts differ only in the loss, the input policy
+and AWP.
 """
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from attacks import PGD
 from models import build_model
 
 from . import distributed as dist
-from .checkpoint import load_checkpoint, load_model_state
+from .awp import AWP
+from .checkpoint import Checkpointer, load_checkpoint, load_model_state
 from .cli import add_run_args, add_speed_args, check_model_name, nonneg_int, positive_float, positive_int
 from .data import gsem_transforms, make_loaders, num_classes
-from .engine import autocast, fit, prepare_training_model, start_run
 from .errors import UserError
+from .runtime import autocast, eval_mode, prepare_training_model, start_run
+from .training import TrainStep, fit, half_adversarial
 
 
 def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
-    """The reference's flags and defaults (spec §3.1), plus this repository's run flags."""
+    """The reference's flags and defaults, plus this repository's run flags."""
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
     p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100 or svhn")
@@ -64,26 +67,27 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_attack(args, model) -> PGD:
-    """The reference's training / test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT att_eot_num, AMP."""
+    """The reference's training and test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT ``--att_eot_num``, AMP."""
     return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
                eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp, eot_batch=args.eot_batch)
 
 
 def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=False) -> dict:
-    """The reference's selection metric (spec §3.4): in every batch the even-indexed half is replaced by adversarial
-    examples, then one noisy forward of the whole batch. Returns fractions: ``test_acc`` (all), ``clean_acc`` (odd
-    half) and ``adv_acc`` (even half)."""
-    was_training = model.training
-    model.eval()
+    """The reference's selection metric: in every batch the even-indexed half is replaced by adversarial examples,
+    then one noisy forward of the whole batch.
+
+    Returns:
+        fractions ``test_acc`` (all), ``clean_acc`` (odd half) and ``adv_acc`` (even half).
+    """
     correct = torch.zeros(2, device=device)  # [adversarial half, clean half]
     count = [0, 0]
+    make_input = half_adversarial(attack)
     pbar = tqdm(loader, desc="half-adversarial test", disable=not (bar and dist.is_main()), leave=False,
                 dynamic_ncols=True)
-    try:
+    with eval_mode(model):
         for x, y in pbar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x = x.clone()
-            x[0::2] = attack(x[0::2], y[0::2])
+            x = make_input(x, y)
             with torch.no_grad(), autocast(device, amp):
                 hit = model(x).argmax(1) == y
             correct[0] += hit[0::2].sum()
@@ -92,28 +96,35 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=Fa
             count[1] += hit[1::2].numel()
             if bar:
                 pbar.set_postfix(acc=f"{correct.sum().item() / sum(count):.4f}")
-    finally:
-        pbar.close()
-        model.train(was_training)
+    pbar.close()
     totals = dist.all_reduce_sum(torch.cat([correct, torch.tensor(count, device=device, dtype=correct.dtype)]))
     adv, clean, n_adv, n_clean = (int(round(v)) for v in totals.tolist())
     return {"test_acc": (adv + clean) / (n_adv + n_clean), "clean_acc": clean / max(n_clean, 1),
             "adv_acc": adv / max(n_adv, 1)}
 
 
-def build_gsem_model(args, device):
-    kwargs = {"alpha": args.alpha, "beta": args.beta} if args.classifier_name.lower().startswith("gsem") else {}
-    return build_model(args.classifier_name, num_classes(args.dataset_name), **kwargs).to(device)
+def build_classifier(args, device):
+    """``--classifier_name`` for the dataset, with ``--alpha``/``--beta`` where the family takes them."""
+    return build_model(args.classifier_name, num_classes(args.dataset_name),
+                       options={"alpha": args.alpha, "beta": args.beta}).to(device)
 
 
-def run_gsem_training(args, method: str, make_criterion):
+def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = False) -> dict:
     """Train with the reference recipe: ``args.reload`` runs of ``args.epochs`` epochs; each run after the first
-    starts from the best checkpoint so far with a new optimizer, schedule, attack and criterion; the best model (by
+    starts from the best checkpoint so far with a new optimizer, schedule and attack; the best model (by
     half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<classifier>_<alpha>_<beta>_<acc>.pt``.
 
-    ``make_criterion(args, model, device)`` builds the loss for one reload. ``method`` names the resume state and
-    JSON log (``..._<method>.last.pt``, ``..._<method>.log.json``) so the three scripts never share them.
+    Args:
+        args: the parsed flags (:func:`add_gsem_train_args`).
+        method: names the resume state and log (``..._<method>.last.pt``, ``..._<method>.log.json``).
+        loss_fn: the loss (``utils.losses``), its hyperparameters bound.
+        policy: ``'half'`` (even half adversarial) or ``'adversarial'`` (whole batch).
+        awp: adversarial weight perturbation (``--awp_gamma``, ``--awp_lr``), recomputed every step.
+    Returns:
+        ``{"best", "best_file", "history"}``.
     """
+    if policy not in ("half", "adversarial"):
+        raise ValueError(f"unknown input policy {policy!r}")
     args.classifier_name = check_model_name(args.classifier_name)
     device, say = start_run(args)
     train_tf, test_tf = gsem_transforms()
@@ -121,46 +132,43 @@ def run_gsem_training(args, method: str, make_criterion):
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
         workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda", val_split=args.val_split)
     folder = os.path.join(args.model_save_path, args.dataset_name)
-    stem = f"{args.classifier_name}_{args.alpha}_{args.beta}"
-    last_path = os.path.join(folder, f"{stem}_{method}.last.pt")
-    carry = {"best": args.best_acc, "best_file": args.model_load_path or None, "history": [],
-             "protected": args.model_load_path or None}
-    first_reload = 0
-    if args.resume and os.path.isfile(last_path):
-        state = load_checkpoint(last_path)
-        first_reload = state.get("stage", 0)
-        carry.update(best=state["best"], best_file=state.get("best_file"), history=state["history"])
-    if carry["best_file"] and not os.path.isfile(carry["best_file"]):
-        raise UserError(f"--model_load_path: checkpoint not found: {carry['best_file']}")
+    stem = os.path.join(folder, f"{args.classifier_name}_{args.alpha}_{args.beta}")
+    ckpt = Checkpointer(f"{stem}_{method}.last.pt", f"{stem}_{method}.log.json", vars(args),
+                        best_path=lambda record: f"{stem}_{record['test_acc']}.pt", select_key="test_acc",
+                        best=args.best_acc, best_file=args.model_load_path or None)
+    state = ckpt.load_last() if args.resume else None
+    first = state.get("context", {}).get("reload", 0) if state else 0
+    if ckpt.best_file and not os.path.isfile(ckpt.best_file):
+        raise UserError(f"--model_load_path: checkpoint not found: {ckpt.best_file}")
 
-    for reload in range(first_reload, args.reload):
-        model = build_gsem_model(args, device)
-        if carry["best_file"]:  # warm restart from the best checkpoint so far (or the given initial weights)
-            load_model_state(model, load_checkpoint(carry["best_file"], map_location=device)["model"],
-                             carry["best_file"], args.classifier_name)
-        # DDP under torchrun, channels_last on CUDA, torch.compile if asked; attacks, AWP and evaluation use the
-        # plain module
+    for reload in range(first, args.reload):
+        ckpt.context = {"reload": reload}
+        model = build_classifier(args, device)
+        if ckpt.best_file:  # warm restart from the best checkpoint so far (or the given initial weights)
+            load_model_state(model, load_checkpoint(ckpt.best_file, map_location=device)["model"], ckpt.best_file,
+                             args.classifier_name)
+        # DDP under torchrun, channels_last, torch.compile if asked; attacks, AWP and evaluation use the plain module
         train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.use_amp,
                                                     compile=args.compile, sync_bn=args.sync_bn)
-        say(f"reload {reload + 1}/{args.reload}: {'from ' + carry['best_file'] if carry['best_file'] else 'from scratch'}"
-              f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}", flush=True)
+        say(f"reload {reload + 1}/{args.reload}: {'from ' + ckpt.best_file if ckpt.best_file else 'from scratch'}"
+            f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}")
         optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-        criterion = make_criterion(args, model, device)
-        test_attack = train_attack(args, model)
+        attack = train_attack(args, model)
+        weight_perturbation = (AWP(model, build_classifier(args, device), gamma=args.awp_gamma, proxy_lr=args.awp_lr,
+                                   eot_iter=args.gra_eot_num) if awp else None)
+        step = TrainStep(train_model, optimizer, loss_fn, make_input=half_adversarial(attack) if policy == "half"
+                         else attack, eot_iter=args.gra_eot_num, awp=weight_perturbation, amp=args.use_amp,
+                         device=device)
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
-        carry.update(fit(
-            model=train_model, criterion=criterion, optimizer=optimizer, scheduler=scheduler, train_loader=train_loader,
-            evaluate_fn=lambda m: half_adversarial_accuracy(dist.unwrap(m), test_loader, test_attack, device,
-                                                            bar=not args.no_bar, amp=args.use_amp),
-            epochs=args.epochs, device=device, args=vars(args), select_key="test_acc",
-            best_path=lambda record: os.path.join(folder, f"{stem}_{record['test_acc']}.pt"),
-            last_path=last_path, log_path=os.path.join(folder, f"{stem}_{method}.log.json"),
-            amp=args.use_amp, bar=not args.no_bar, generator=gen, resume=args.resume and reload == first_reload,
-            stage=reload, carry=carry, log=lambda s: print(s, flush=True)))
+        fit(step, train_loader, scheduler,
+            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=not args.no_bar,
+                                              amp=args.use_amp),
+            ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=not args.no_bar,
+            log=say)
         if dist.world_size() > 1:
             torch.distributed.barrier()
-    say(f"best half-adversarial accuracy {carry['best']:.4f}: {carry['best_file']}", flush=True)
-    return carry
+    say(f"best half-adversarial accuracy {ckpt.best:.4f}: {ckpt.best_file}")
+    return {"best": ckpt.best, "best_file": ckpt.best_file, "history": ckpt.history}

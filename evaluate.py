@@ -16,7 +16,6 @@ import os
 import time
 
 from attacks import AttackConfig, build_attack, list_attacks
-from utils import distributed as dist
 from utils.checkpoint import file_sha256
 from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, nonneg_float,
                        positive_float, positive_int)
@@ -108,9 +107,8 @@ def main(args):
         flow_note = f"; median T-norm of successful flows {'-' if median is None else f'{median:.3f} px'}" \
             if "tnorm" in r else ""
         say(f"adv   - acc: {row['acc']:.4f}  ({detail}{flow_note})")
-        if dist.is_main():
-            write_result(out, record, table(record))
-    say(f"wrote {out} and {out[:-len('.json')]}.md")
+        md = write_result(out, record, table(record))
+    say(f"wrote {out} and {md}")
     return record
 
 

@@ -19,7 +19,6 @@ import torch
 from torchvision import transforms
 
 from attacks import AttackConfig, build_attack, list_attacks
-from utils import distributed as dist
 from utils.checkpoint import file_sha256
 from utils.cli import add_run_args, check_model_name, nonneg_int, positive_float, positive_int
 from utils.data import num_classes
@@ -35,7 +34,7 @@ ALL_ATTACKS = ["Clean", *list_attacks()]
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18")
-    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100 or svhn")
+    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100, svhn or digits (built in, no download)")
     p.add_argument("--model_load_path", type=str, required=True,
                    help="checkpoint: this repository's format or the authors' bare state_dict")
     p.add_argument("--alpha", type=positive_int, default=None, help="GSeM alpha (default: from the checkpoint, else 6)")
@@ -155,8 +154,7 @@ def main(args):
                  "seeds": [args.seed + d for d in range(args.repeat)],
                  "seconds": time.time() - t0, "robust_flags": flags_to_str(flags)}
             record["results"][name] = r
-            if dist.is_main():
-                write_result(out, record, table(record))
+            write_result(out, record, table(record))
         extra = " (unbounded L2, 500 steps)" if name == "CW100" else ""
         spread = f"  [mean {r['mean']:.2f} ± {r['std']:.2f} over {len(r['accs'])} draws]" if len(r["accs"]) > 1 else ""
         say(f"{name}: {r['acc']:.2f}%{extra}{spread}")
@@ -175,9 +173,7 @@ def main(args):
             results=record["results"], stages=stages, n=n, bar=not args.no_bar)
         for w in record["warnings"]:
             say(f"warning: {w}")
-    if dist.is_main():
-        write_result(out, record, table(record))
-    say(f"wrote {out} and {out[:-5]}.md")
+    say(f"wrote {out} and {write_result(out, record, table(record))}")
     return record
 
 

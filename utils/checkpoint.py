@@ -174,7 +174,8 @@ class Checkpointer:
         Returns the number of epochs already done in this context (0 when nothing was restored)."""
         state = self.load_last()
         if state is None:
-            print(f"--resume: no state at {self.last_path}; starting from scratch", flush=True)
+            if dist.is_main():
+                print(f"--resume: no state at {self.last_path}; starting from scratch", flush=True)
             return 0
         if state.get("context", {}) != self.context:
             return 0

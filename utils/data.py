@@ -1,4 +1,5 @@
-"""Datasets (CIFAR-10, CIFAR-100, SVHN) through torchvision's dataset classes, with clear errors.
+"""Datasets (CIFAR-10, CIFAR-100, SVHN through torchvision's dataset classes; ``digits``, real handwritten digits that
+ship inside scikit-learn, for runs without a download), with clear errors.
 
 ``--data_path`` may hold the torchvision layout (``<data_path>/cifar-10-batches-py``) or the FGR reference layout
 (``<data_path>/cifar10/cifar-10-batches-py``); missing data is downloaded into ``<data_path>`` when the network
@@ -15,6 +16,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from PIL import Image
 from torchvision import datasets, transforms
 from tqdm.auto import tqdm
 
@@ -55,6 +57,35 @@ class SVHN(datasets.SVHN):
         return os.path.isfile(os.path.join(self.root, self.filename))
 
 
+class Digits(torch.utils.data.Dataset):
+    """scikit-learn's handwritten digits (UCI optical recognition of handwritten digits: 1,797 grey 8 x 8 images of
+    10 classes), upsampled bilinearly to 32 x 32 and repeated over 3 channels, so every CIFAR model and transform
+    applies. A fixed split (seed 0): 1,497 training and 300 test images. Nothing is downloaded; ``root`` is unused.
+    Items are ``(PIL RGB image after transform, label)``, as torchvision's CIFAR classes."""
+
+    n_test = 300
+
+    def __init__(self, root=None, train: bool = True, transform=None, download: bool = False):
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float().div(16).unsqueeze(1)  # N x 1 x 8 x 8 in [0, 1]
+        images = F.interpolate(images, size=32, mode="bilinear", align_corners=False).clamp(0, 1)
+        images = images.mul(255).round().to(torch.uint8).squeeze(1)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+        keep = order[self.n_test:] if train else order[:self.n_test]
+        self.data = images[keep].numpy()
+        self.targets = [int(digits.target[i]) for i in keep]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.data[i]).convert("RGB")
+        return (self.transform(img) if self.transform is not None else img), self.targets[i]
+
+
 class DatasetInfo(NamedTuple):
     cls: type
     num_classes: int
@@ -72,6 +103,7 @@ DATASETS = {
                             (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": DatasetInfo(SVHN, 10, "", ["train_32x32.mat", "test_32x32.mat"],
                         (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "digits": DatasetInfo(Digits, 10, "", [], (0.3053,) * 3, (0.3237,) * 3),
 }
 
 

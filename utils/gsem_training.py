@@ -29,7 +29,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     """The reference's flags and defaults, plus this repository's run flags."""
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
-    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100 or svhn")
+    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100, svhn or digits (built in, no download)")
     p.add_argument("--alpha", type=positive_int, default=6, help="GSeM quantisation: grid step 1/alpha")
     p.add_argument("--beta", type=nonneg_int, default=4, help="GSeM noise: integers in [-beta, beta] (0 = no noise)")
     p.add_argument("--batch_size", type=positive_int, default=256)

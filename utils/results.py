@@ -9,6 +9,8 @@ import json
 import os
 import tempfile
 
+from . import distributed as dist
+
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to a temporary file in the folder of ``path``, then rename it over ``path``."""
@@ -32,14 +34,16 @@ def write_json(path: str, obj) -> None:
 
 
 def write_result(path: str, record: dict, table: list[str]) -> str:
-    """Write ``record`` to ``path`` (``.json``) and the markdown lines ``table`` to the same stem with ``.md``.
+    """Write ``record`` to ``path`` (``.json``) and the markdown lines ``table`` to the same stem with ``.md``; under
+    torchrun only rank 0 writes.
 
     Returns:
         the markdown file's path.
     """
-    write_json(path, record)
     md = os.path.splitext(path)[0] + ".md"
-    atomic_write_text(md, "\n".join(table) + "\n")
+    if dist.is_main():
+        write_json(path, record)
+        atomic_write_text(md, "\n".join(table) + "\n")
     return md
 
 

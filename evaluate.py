@@ -5,36 +5,37 @@ multi-step L-inf flow attack (default), stAdv and ADef.
     python evaluate.py ... --attacks flow stadv adef
 
 The checkpoint is found from the same flags as main.py (``<weight_path>/<name>.pt``) or given with --checkpoint
-(this repository's format or a bare reference state_dict). Writes ``<result_path>/<name>.json`` with ``val_acc``
-and ``adv_acc`` (fractions, as the reference; ``adv_acc`` is the first listed attack's), one row per attack with its
-settings and the deformation it needed (T-norm in pixels of the successful examples), and a markdown table beside it.
+(this repository's format or a bare reference state_dict). The model, dataset, normalisation and preprocessing are
+read from the checkpoint; a flag that contradicts it is an error. Results go to ``<result_path>/<checkpoint>.json``
+and a markdown table beside it, one row per attack and settings, accumulating over runs (``flow`` is the authors'
+attack at its settings on the whole test set; other settings get their own rows, e.g. ``flow [steps=1]``).
+``val_acc`` and ``adv_acc`` are the reference's keys (fractions; ``adv_acc`` only from the ``flow`` row).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 from attacks import AttackConfig, build_attack, list_attacks
-from utils.checkpoint import file_sha256
-from utils.cli import (add_fgr_model_args, add_run_args, check_model_name, fgr_run_name, nonneg_float,
-                       positive_float, positive_int)
+from utils.checkpoint import file_sha256, load_checkpoint
+from utils.cli import (Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name,
+                       flow_budget, nonneg_float, positive_float, positive_int)
 from utils.data import dataset_stats, fgr_transforms, num_classes
 from utils.errors import cli_entry
-from utils.evaluation import attack_accuracy, load_for_evaluation, test_loader
-from utils.results import write_result
+from utils.evaluation import adopt_checkpoint_settings, attack_accuracy, load_for_evaluation, test_loader
+from utils.results import ResultFile, ensure_writable, row_label
 from utils.runtime import start_run
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_fgr_model_args(p)
     add_run_args(p)
     p.add_argument("--checkpoint", type=str, default=None, help="checkpoint file (default <weight_path>/<name>.pt)")
-    p.add_argument("--flow_eps", type=nonneg_float, default=0.01,
+    p.add_argument("--flow_eps", type=flow_budget, default=0.01,
                    help="L-inf flow budget, normalised align_corners=True units (0.01 = 0.155 px at 32x32)")
     p.add_argument("--steps", type=positive_int, default=100, help="attack steps K (1 = single-step attack)")
-    p.add_argument("--batch_size", type=positive_int, default=128)
+    p.add_argument("--batch_size", type=positive_int, default=128, help="evaluation batch size")
     p.add_argument("--attacks", type=str, nargs="+", default=["flow"], choices=list_attacks(),
                    help="attacks to run, from the registry (default: flow, as the reference)")
     p.add_argument("--stadv_tau", type=nonneg_float, default=0.05, help="stAdv smoothness weight tau")
@@ -44,7 +45,9 @@ def get_args(argv=None):
     p.add_argument("--adef_steps", type=positive_int, default=100, help="ADef iteration cap")
     p.add_argument("--adef_candidates", type=positive_int, default=9, help="ADef candidate classes per iteration")
     p.add_argument("--adef_max_norm", type=positive_float, default=None, help="ADef T-norm budget, pixels (none)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.explicit = sorted(explicit_flags(p, argv))  # flags given, to tell them from the checkpoint's settings
+    return args
 
 
 def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
@@ -56,13 +59,14 @@ def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
 
 
 def table(record) -> list[str]:
-    lines = [f"`{record['name']}` ({record['n_examples']} test images, clean accuracy {100 * record['val_acc']:.2f}%)",
-             "", "| attack | accuracy (%) | successful | T-norm of successful flows, px (mean / median) | settings |",
+    lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
+             f"{100 * record['val_acc']:.2f}% on {record['n_examples']} test images", "",
+             "| attack | accuracy (%) | fooled / correct | T-norm of successful flows, px (mean / median) | settings |",
              "|---|---|---|---|---|"]
-    for name, r in record["attacks"].items():
-        tn = (f"{r['tnorm_px_mean']:.3f} / {r['tnorm_px_median']:.3f}" if r.get("tnorm_px_mean") is not None else "–")
+    for label, r in record["attacks"].items():
+        tn = f"{r['tnorm_px_mean']:.3f} / {r['tnorm_px_median']:.3f}" if r.get("tnorm_px_mean") is not None else "–"
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "units")
-        lines.append(f"| {name} | {100 * r['acc']:.2f} | {r['n_success']} | {tn} | {sets} |")
+        lines.append(f"| {label} | {100 * r['acc']:.2f} | {r['n_success']} / {r['n_clean_correct']} | {tn} | {sets} |")
     return lines
 
 
@@ -70,45 +74,54 @@ def table(record) -> list[str]:
 def main(args):
     args.model_name = check_model_name(args.model_name)
     device, say = start_run(args)
-    name = fgr_run_name(args)
-    path = args.checkpoint or os.path.join(args.weight_path, f"{name}.pt")
+    path = args.checkpoint or os.path.join(args.weight_path, f"{fgr_run_name(args)}.pt")
+    ckpt = load_checkpoint(path)
+    adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("model_name", "data_name", "normalize", "augment"))
     n_classes = num_classes(args.data_name)
     normalize = dataset_stats(args.data_name) if args.normalize else None
-    model, ckpt, _ = load_for_evaluation(path, args.model_name, n_classes, device, normalize=normalize)
+    model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device, normalize=normalize)
+    ensure_writable(args.result_path)
     loader, n_examples = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
-                                     batch_size=args.batch_size, workers=args.workers)
-    cfg = attack_config(args, n_classes, loader.dataset[0][0].shape[-1])
-    record = {"name": name, "val_acc": None, "adv_acc": None, "attacks": {}, "n_examples": n_examples,
+                                     batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
+    n_total = len(loader.dataset.dataset)
+    size = loader.dataset[0][0].shape[-1]
+    cfg, reference = attack_config(args, n_classes, size), AttackConfig(n_classes=n_classes, image_size=size)
+    stem = os.path.splitext(os.path.basename(path))[0]
+    record = {"name": stem, "val_acc": None, "adv_acc": None, "n_examples": n_examples,
               "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
-              "trained_epochs": ckpt.get("epoch"), "device": str(device), "args": vars(args)}
-    out = os.path.join(args.result_path, f"{name}.json")
+              "trained_epochs": ckpt.get("epoch"), "train_args": ckpt.get("args"), "device": str(device),
+              "args": vars(args)}
+    results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, "attacks", say)
     for attack_name in args.attacks:
         attack, settings = build_attack(attack_name, model, cfg)
+        label = row_label(attack_name, settings, build_attack(attack_name, model, reference)[1],
+                          {"n": n_examples} if n_examples < n_total else None)
         t0 = time.time()
-        r = attack_accuracy(model, loader, device, attack_name, attack, bar=not args.no_bar)
+        r = attack_accuracy(model, loader, device, attack_name, attack, bar=args.bar)
         success = r["clean_flags"] & ~r["flags"]  # correct before, fooled after
-        row = {"acc": r["acc"] / 100, "settings": settings, "n_success": int(success.sum())}
+        row = {"attack": attack_name, "acc": r["acc"], "clean_acc": r["clean"], "n_examples": n_examples,
+               "n_clean_correct": int(r["clean_flags"].sum()), "n_success": int(success.sum()), "settings": settings}
         if "tnorm" in r:
             tnorm = r["tnorm"][success]
             row["tnorm_px_mean"] = tnorm.mean().item() if len(tnorm) else None
             row["tnorm_px_median"] = tnorm.median().item() if len(tnorm) else None
         row["seconds"] = time.time() - t0
-        record["val_acc"] = r["clean"] / 100
-        record["attacks"][attack_name] = row
-        if record["adv_acc"] is None:
+        if label in results.rows:
+            say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
+        results.rows[label] = row
+        record["val_acc"] = r["clean"]
+        if label == "flow":  # the reference key: the authors' attack at its settings on the whole test set
             record["adv_acc"] = row["acc"]
-        if attack_name == "flow":
-            record["attack"] = {"name": "flow", **settings}
-        if len(record["attacks"]) == 1:
+        if attack_name == args.attacks[0]:
             say(f"val   - acc: {record['val_acc']:.4f}")
-        detail = (f"flow attack, eps {args.flow_eps} = {settings['eps_pixels']:.3f} px, {args.steps} steps"
-                  if attack_name == "flow" else attack_name)
-        median = row.get("tnorm_px_median")
-        flow_note = f"; median T-norm of successful flows {'-' if median is None else f'{median:.3f} px'}" \
-            if "tnorm" in r else ""
-        say(f"adv   - acc: {row['acc']:.4f}  ({detail}{flow_note})")
-        md = write_result(out, record, table(record))
-    say(f"wrote {out} and {md}")
+        flow_note = ""
+        if "tnorm" in r:
+            median = row["tnorm_px_median"]
+            flow_note = f"; median T-norm of successful flows {'-' if median is None else f'{median:.3f} px'}"
+        say(f"adv   - acc: {row['acc']:.4f}  ({label}: {row['n_success']} of {row['n_clean_correct']} correctly "
+            f"classified points fooled{flow_note})")
+        md = results.write(table(record))
+    say(f"wrote {results.path} and {md}")
     return record
 
 

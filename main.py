@@ -8,7 +8,6 @@ gradient regularization), --adv_train flow (adversarial deformation training, al
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 
@@ -17,44 +16,48 @@ import torch
 from attacks import FlowAttack
 from models import build_model
 from utils.checkpoint import Checkpointer
-from utils.cli import (add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name,
-                       positive_float, positive_int)
+from utils.cli import (Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name,
+                       fgr_run_name, nonneg_float, positive_float, positive_int, settings_suffix)
 from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_classes
-from utils.errors import UserError, cli_entry
+from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
 from utils.losses import LOSSES
 from utils.runtime import prepare_training_model, start_run
 from utils.training import TrainStep, fit
 
 
+# result-changing settings that the reference's run name does not hold: a run with another value gets a suffix
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "select", "amp", "subset")
+
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_fgr_model_args(p)
     add_run_args(p)
-    p.add_argument("--epochs", type=positive_int, default=80)
+    p.add_argument("--epochs", type=positive_int, default=80, help="training epochs")
     p.add_argument("--batch_size", type=positive_int, default=128,
                    help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
-    p.add_argument("--lr", type=positive_float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight_decay", type=float, default=5e-4)
-    p.add_argument("--milestones", type=int, nargs="+", default=[40, 60], help="epochs at which lr is multiplied by 0.1")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight_decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
+    p.add_argument("--milestones", type=int, nargs="+", default=[40, 60],
+                   help="epochs at which lr is multiplied by 0.1")
     p.add_argument("--sampler", type=str, default="auto", choices=["auto", "native", "gather"],
                    help="bilinear sampler of the FGR penalty: native grid_sample (fast) or the reference's gather "
                         "sampler; auto = native where its double backward works")
     p.add_argument("--select", type=str, default="best", choices=["best", "last"],
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); off by default: "
-                        "the reference trains in fp32")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from <name>.last.pt")
-    p.add_argument("--device_data", action=argparse.BooleanOptionalAction, default=None,
-                   help="hold the dataset on the device as uint8 and crop/flip per example there (same distribution "
-                        "as the torchvision pipeline; no workers); default: on for CUDA")
+    add_bool(p, "amp", False, "bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); the "
+                              "reference trains in fp32")
+    add_bool(p, "resume", False, "continue an interrupted run from <name>.last.pt")
+    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)")
+    add_bool(p, "device_data", None, "hold the dataset on the device as uint8 and crop/flip per example there (same "
+                                     "distribution as the torchvision pipeline; no workers); None: on for CUDA")
     add_speed_args(p)
     return p.parse_args(argv)
 
 
-@cli_entry
+@cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
     args.model_name = check_model_name(args.model_name)
     if args.compile and args.fgr_lamb > 0:
@@ -66,8 +69,8 @@ def main(args):
                                      else (*fgr_transforms(args.augment), None))
     train_loader, test_loader, gen = make_loaders(
         args.data_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
-        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda", device_augment=device_aug,
-        device=device, bar=not args.no_bar)
+        workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
+        device_augment=device_aug, device=device, bar=args.bar)
     normalize = dataset_stats(args.data_name) if args.normalize else None
     model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
@@ -82,14 +85,20 @@ def main(args):
                                 sampler=args.sampler)
     attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None
     step = TrainStep(train_model, optimizer, loss_fn, make_input=attack, amp=args.amp, device=device)
-    name = fgr_run_name(args)
+    name = fgr_run_name(args) + settings_suffix(args, vars(get_args([])), TRAINING_KEYS)
     path = os.path.join(args.weight_path, name)
     checkpointer = Checkpointer(f"{path}.last.pt", f"{path}.log.json", vars(args), best_path=f"{path}.pt",
                                 select_key="val_acc", select=args.select)
+    checkpointer.prepare(model, resume=args.resume, overwrite=args.overwrite)
     say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
+    if args.fgr_lamb > 0 and args.batch_size != 128:
+        say(f"warning: R scales as 1/B^2 per example, so lambda {args.fgr_lamb:g} at batch {args.batch_size} weighs "
+            f"the penalty like lambda {args.fgr_lamb * (128 / args.batch_size) ** 2:g} at the reference's batch 128")
     fit(step, train_loader, scheduler,
-        lambda: {"val_acc": evaluate(model, test_loader, device, bar=not args.no_bar, desc="val")["clean"]},
-        checkpointer, epochs=args.epochs, generator=gen, resume=args.resume, bar=not args.no_bar, log=say)
+        lambda: {"val_acc": evaluate(model, test_loader, device, bar=args.bar, desc="val")["clean"]},  # fraction
+        checkpointer, epochs=args.epochs, generator=gen, resume=args.resume, bar=args.bar, log=say,
+        hint="lambda too large for the batch size (R scales as 1/B^2 per example; the reference tuned lambda at "
+             "batch 128), or --lr too high")
     say(f"saved {path}.pt")
 
 

@@ -6,22 +6,22 @@ passes per weight update.
 """
 from __future__ import annotations
 
-import argparse
 
-from utils.errors import cli_entry
+from utils.cli import Parser
+from utils.errors import RESUME_HINT, cli_entry
 from utils.gsem_training import add_gsem_train_args, run_gsem_training
 from utils.losses import LOSSES
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_gsem_train_args(p)
     return p.parse_args(argv)
 
 
-@cli_entry
+@cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
-    return run_gsem_training(args, "gsem", LOSSES["ce"], policy="half")
+    return run_gsem_training(args, "gsem", LOSSES["ce"], policy="half", defaults=vars(get_args([])))
 
 
 if __name__ == "__main__":

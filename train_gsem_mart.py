@@ -5,26 +5,25 @@ reference): PGD-10 (EOT 10) on the whole batch, MART loss, 10 noisy passes per w
 """
 from __future__ import annotations
 
-import argparse
 import functools
 
-from utils.cli import nonneg_float
-from utils.errors import cli_entry
+from utils.cli import Parser, nonneg_float
+from utils.errors import RESUME_HINT, cli_entry
 from utils.gsem_training import add_gsem_train_args, run_gsem_training
 from utils.losses import LOSSES
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(__doc__)
     add_gsem_train_args(p)
     p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
     return p.parse_args(argv)
 
 
-@cli_entry
+@cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
     return run_gsem_training(args, "mart", functools.partial(LOSSES["mart"], beta=args.mart_beta),
-                             policy="adversarial")
+                             policy="adversarial", defaults=vars(get_args([])))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Adapters around pyautoattack (the reference AutoAttack code, repackaged): APGD-CE, APGD-T, FAB-T, Square and the
-library's whole AutoAttack are its classes, not rewritten. Each adapter is an :class:`attacks.Attack` (model in eval mode, mode restored).
+library's whole AutoAttack are its classes, not rewritten. Each adapter is an :class:`attacks.Attack` (model in eval
+mode, mode restored).
 GSeM models give the corrected gradient to the library's autograd calls by themselves (the correction is inside the
 module). FAB gets EOT through :class:`EOTFAB`, a small subclass that averages its logit differences and their input
 gradients over ``eot_iter`` noisy passes (as the GSeM reference's AdaptiveFAB).

@@ -111,6 +111,7 @@ def gsem_checkpoint(cifar10_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("gsem")
     carry = train_gsem.main(train_gsem.get_args([
         "--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10", "--data_path", cifar10_root,
+        "--no-verify_data",
         "--model_save_path", str(out), "--subset", "12", "--batch_size", "6", "--epochs", "1", "--reload", "1",
         "--gra_eot_num", "1", "--att_eot_num", "1", "--attack_steps", "1", "--workers", "0", "--no_bar",
         "--best_acc", "-1", "--alpha", "5", "--beta", "3"]))
@@ -119,7 +120,8 @@ def gsem_checkpoint(cifar10_root, tmp_path_factory):
 
 def eval_args(root, ckpt, out, *extra):
     return ["--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10", "--model_load_path", ckpt,
-            "--data_path", root, "--result_path", str(out), "--n_examples", "6", "--steps_scale", "0.002",
+            "--data_path", root, "--no-verify_data", "--result_path", str(out), "--n_examples", "6",
+            "--steps_scale", "0.002",
             "--att_eot_num", "1", "--workers", "0", "--no_bar", *extra]
 
 
@@ -146,26 +148,46 @@ def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem
     out = capsys.readouterr().out
     for name in ("Clean", "PGD500", "CW100", "APGD500", "AA"):
         assert f"\n{name}: " in out
-    assert (record["settings"]["alpha"], record["settings"]["beta"]) == (5, 3)  # taken from the checkpoint
-    assert set(record["results"]) == set(evaluate_gsem.ALL_ATTACKS) and "sanity" in record
-    assert len(record["results"]["PGD500"]["accs"]) == 2
-    assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in record["results"].items() if k != "Clean")
+    assert (record["alpha"], record["beta"]) == (5, 3)  # taken from the checkpoint
+    rows = {r["attack"]: r for r in record["results"].values()}
+    assert set(rows) == set(evaluate_gsem.ALL_ATTACKS) and "sanity" in record
+    assert len(rows["PGD500"]["accs"]) == 2
+    assert all(0 <= r["acc"] <= 1 and 0 <= r["acc_on_clean_correct"] <= 1 for r in rows.values())  # fractions
+    assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in rows.items() if k != "Clean")
     path = tmp_path / (os.path.basename(gsem_checkpoint)[:-3] + "_cifar10_eval.json")
     assert json.loads(path.read_text())["checkpoint_sha256"] == record["checkpoint_sha256"]
-    assert path.with_suffix(".md").read_text().count("| PGD500 |") == 1
+    assert path.with_suffix(".md").read_text().count("| PGD500 [") == 1
 
-    built = []
-    real = evaluate_gsem.build_attack
-    monkeypatch.setattr(evaluate_gsem, "build_attack", lambda name, *a, **k: built.append(name) or real(name, *a, **k))
+    ran = []
+    real = evaluate_gsem.attack_accuracy
+    monkeypatch.setattr(evaluate_gsem, "attack_accuracy", lambda *a, **k: ran.append(a[3]) or real(*a, **k))
     evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
         cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "Clean", "PGD500", "CWinf", "--repeat", "2",
         "--worst_case", "--resume", "--no-sanity_checks")))
-    assert built == []  # everything was already done for this checkpoint and these settings
+    assert ran == []  # everything was already done for this checkpoint and these settings
+
+
+def test_resume_with_other_settings_keeps_the_earlier_rows(cifar10_root, gsem_checkpoint, tmp_path):
+    first = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "Clean", "PGD500", "--no-sanity_checks")))
+    second = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "PGD500", "--eps", "4", "--resume",
+        "--no-sanity_checks")))
+    assert set(first["results"]) < set(second["results"])  # the eps 8 rows are still there, beside the eps 4 row
+    labels = [k for k in second["results"] if k.startswith("PGD500")]
+    assert len(labels) == 2 and any("eps=0.01569" in k for k in labels)
+
+
+def test_subset_sets_the_number_of_points(cifar10_root, gsem_checkpoint, tmp_path):
+    argv = [a for a in eval_args(cifar10_root, gsem_checkpoint, tmp_path) if a not in ("--n_examples", "6")]
+    record = evaluate_gsem.main(evaluate_gsem.get_args(argv + ["--subset", "4", "--attacks", "Clean",
+                                                               "--no-sanity_checks"]))
+    assert [r["n_examples"] for r in record["results"].values()] == [4]
 
 
 def test_bad_checkpoints_give_clear_messages(cifar10_root, gsem_checkpoint, tmp_path, capsys):
-    for extra, expected in ((["--classifier_name", "GSeMWideResNet28x10"], "does not match model"),
-                            (["--beta", "4"], "differs from the checkpoint's beta 3"),
+    for extra, expected in ((["--classifier_name", "GSeMWideResNet28x10"], "contradicts the checkpoint"),
+                            (["--beta", "4"], "--beta 4 contradicts the checkpoint, which was trained with beta 3"),
                             (["--model_load_path", str(tmp_path / "none.pt")], "checkpoint not found")):
         with pytest.raises(SystemExit) as e:
             evaluate_gsem.main(evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, *extra)))

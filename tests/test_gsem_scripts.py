@@ -9,7 +9,7 @@ import train_gsem_awp
 import train_gsem_mart
 from models import build_model
 from synthetic import write_svhn
-from utils import training
+from utils import gsem_training, training
 from utils.checkpoint import load_checkpoint, load_model_state
 
 SCRIPTS = {"gsem": train_gsem, "mart": train_gsem_mart, "awp": train_gsem_awp}
@@ -23,10 +23,16 @@ def svhn_root(tmp_path_factory):
 
 
 def small(root, dataset, out, *extra):
-    return ["--classifier_name", "GSeMResNet18", "--dataset_name", dataset, "--data_path", root,
+    return ["--classifier_name", "GSeMResNet18", "--dataset_name", dataset, "--data_path", root, "--no-verify_data",
             "--model_save_path", str(out), "--subset", "12", "--batch_size", "6", "--epochs", "1", "--reload", "1",
             "--gra_eot_num", "2", "--att_eot_num", "2", "--attack_steps", "2", "--workers", "0", "--no_bar",
             "--best_acc", "-1", *extra]
+
+
+def run_of(method, argv):
+    """The run name the script gives these flags."""
+    args = SCRIPTS[method].get_args(argv)
+    return gsem_training.run_name(args, method, vars(SCRIPTS[method].get_args([])))
 
 
 @pytest.mark.parametrize("method", list(SCRIPTS))
@@ -48,16 +54,18 @@ def test_seed_commands_parse_and_defaults_are_the_reference_recipe(method):
 def test_one_epoch_produces_a_loadable_reference_named_checkpoint(method, dataset, cifar10_root, cifar100_root,
                                                                    svhn_root, tmp_path):
     root = {"cifar10": cifar10_root, "cifar100": cifar100_root, "svhn": svhn_root}[dataset]
-    carry = SCRIPTS[method].main(SCRIPTS[method].get_args(small(root, dataset, tmp_path)))
-    best = carry["best_file"]
+    argv = small(root, dataset, tmp_path)
+    carry = SCRIPTS[method].main(SCRIPTS[method].get_args(argv))
+    best, run = carry["best_file"], run_of(method, argv)
     assert os.path.dirname(best) == str(tmp_path / dataset)
-    assert os.path.basename(best) == f"GSeMResNet18_6_4_{carry['best']}.pt"
+    assert os.path.basename(best) == f"{run}_{carry['best']}.pt"
+    assert run.startswith("GSeMResNet18_6_4" + ("" if method == "gsem" else f"_{method}") + "_epochs1_reload1_")
     ckpt = load_checkpoint(best)
     model = build_model("GSeMResNet18", 100 if dataset == "cifar100" else 10)
     load_model_state(model, ckpt["model"], best, "GSeMResNet18")
     assert ckpt["args"]["dataset_name"] == dataset and ckpt["context"] == {"reload": 0} and ckpt["epoch"] == 1
     assert {"test_acc", "clean_acc", "adv_acc", "train_loss"} <= set(ckpt["metrics"])
-    assert os.path.isfile(tmp_path / dataset / f"GSeMResNet18_6_4_{method}.log.json")
+    assert os.path.isfile(tmp_path / dataset / f"{run}.log.json")
 
 
 def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_path):
@@ -71,7 +79,8 @@ def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_pat
 def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
     argv = ["--reload", "2", "--best_acc", "-1"]
     train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "full", *argv)))
-    ref = torch.load(tmp_path / "full" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
+    run = run_of("gsem", small(cifar10_root, "cifar10", tmp_path, *argv))
+    ref = torch.load(tmp_path / "full" / "cifar10" / f"{run}.last.pt", weights_only=True)
 
     real, calls = training.train_one_epoch, {"n": 0}
 
@@ -82,11 +91,11 @@ def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_pat
         return real(*a, **k)
 
     monkeypatch.setattr(training, "train_one_epoch", crash_in_second_reload)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit):  # Ctrl-C: one line, exit 130
         train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv)))
     monkeypatch.setattr(training, "train_one_epoch", real)
     train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "part", *argv, "--resume")))
-    got = torch.load(tmp_path / "part" / "cifar10" / "GSeMResNet18_6_4_gsem.last.pt", weights_only=True)
+    got = torch.load(tmp_path / "part" / "cifar10" / f"{run}.last.pt", weights_only=True)
     assert got["context"] == {"reload": 1} and [r["reload"] for r in got["history"]] == [0, 1]
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k

@@ -12,19 +12,20 @@ from utils import checkpoint as ckpt_mod
 from utils import training
 from utils.cli import fgr_run_name
 
-RUN = "cifar10_vgg11_fgr_300.0_rs_0.01"
+RUN = "cifar10_vgg11_fgr_300.0_rs_0.01"  # the reference's name
+SMOKE = RUN + "_epochs1_batch_size16_subset32"  # the fixture's run: its settings off the recipe are in the name
 
 
 def train_args(root, tmp, *extra):
-    return ["--data_path", root, "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", "300",
-            "--weight_path", str(tmp / "w"), "--subset", "32", "--batch_size", "16", "--workers", "0",
-            "--no_bar", *extra]
+    return ["--data_path", root, "--no-verify_data", "--data_name", "cifar10", "--model_name", "vgg11",
+            "--fgr_lamb", "300", "--weight_path", str(tmp / "w"), "--subset", "32", "--batch_size", "16",
+            "--workers", "0", "--no_bar", *extra]
 
 
 def eval_args(root, tmp, *extra):
-    return ["--data_path", root, "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", "300",
-            "--weight_path", str(tmp / "w"), "--result_path", str(tmp / "r"), "--subset", "16", "--workers", "0",
-            "--steps", "3", "--no_bar", *extra]
+    return ["--data_path", root, "--no-verify_data", "--data_name", "cifar10", "--model_name", "vgg11",
+            "--fgr_lamb", "300", "--weight_path", str(tmp / "w"), "--result_path", str(tmp / "r"), "--subset", "16",
+            "--workers", "0", "--steps", "3", "--no_bar", "--checkpoint", str(tmp / "w" / f"{SMOKE}.pt"), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -47,24 +48,38 @@ def test_seed_commands_parse_verbatim_and_name_runs_as_the_reference(lamb, name)
     assert (args.flow_eps, args.steps, args.batch_size) == (0.01, 100, 128)
 
 
-def test_train_writes_reference_named_checkpoint_with_metadata(trained):
-    path = trained / "w" / f"{RUN}.pt"
+def test_train_writes_a_named_checkpoint_with_metadata(trained):
+    path = trained / "w" / f"{SMOKE}.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt) >= {"model", "args", "epoch", "metrics", "optimizer", "scheduler", "rng"}
+    assert set(ckpt) >= {"model", "args", "epoch", "metrics"} and "optimizer" not in ckpt  # weights only
+    last = torch.load(trained / "w" / f"{SMOKE}.last.pt", weights_only=True)
+    assert set(last) >= {"model", "args", "epoch", "metrics", "optimizer", "scheduler", "rng", "history"}
     assert ckpt["epoch"] == 1 and ckpt["args"]["fgr_lamb"] == 300.0 and ckpt["args"]["epochs"] == 1
     assert "train_reg" in ckpt["metrics"] and ckpt["metrics"]["train_reg"] > 0
-    log = json.loads((trained / "w" / f"{RUN}.log.json").read_text())
+    log = json.loads((trained / "w" / f"{SMOKE}.log.json").read_text())
     assert log["args"]["model_name"] == "vgg11" and len(log["epochs"]) == 1
     assert not [f for f in os.listdir(trained / "w") if f.startswith(".tmp")]
 
 
-def test_evaluate_finds_checkpoint_from_flags_and_writes_json(cifar10_root, trained, capsys):
+def test_evaluate_writes_json_keyed_by_checkpoint_and_settings(cifar10_root, trained, capsys):
     record = evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained)))
-    out = json.loads((trained / "r" / f"{RUN}.json").read_text())
-    assert 0 <= out["val_acc"] <= 1 and 0 <= out["adv_acc"] <= 1
-    assert out["attack"]["steps"] == 3 and out["attack"]["eps"] == 0.01 and out["n_examples"] == 16
+    out = json.loads((trained / "r" / f"{SMOKE}.json").read_text())
+    assert 0 <= out["val_acc"] <= 1 and out["n_examples"] == 16
+    row = out["attacks"]["flow [steps=3, step_size=0.003333, n=16]"]
+    assert row["settings"]["steps"] == 3 and row["settings"]["eps"] == 0.01 and 0 <= row["acc"] <= 1
+    assert out["adv_acc"] is None  # adv_acc is only the authors' attack at its settings on the whole test set
     assert out == json.loads(json.dumps(record))
     assert "adv   - acc:" in capsys.readouterr().out
+
+
+def test_reference_name_is_found_from_the_seed_flags(cifar10_root, trained, tmp_path):
+    import shutil
+
+    os.makedirs(tmp_path / "w")
+    shutil.copy(trained / "w" / f"{SMOKE}.pt", tmp_path / "w" / f"{RUN}.pt")
+    args = [a for a in eval_args(cifar10_root, tmp_path) if "--checkpoint" not in a and SMOKE not in a]
+    record = evaluate.main(evaluate.get_args(args))
+    assert record["checkpoint"] == str(tmp_path / "w" / f"{RUN}.pt")
 
 
 def test_evaluate_accepts_bare_reference_state_dict(cifar10_root, trained, tmp_path):
@@ -85,15 +100,19 @@ def _exit_message(capsys, fn):
 
 
 def test_mismatched_checkpoint_is_a_clear_error(cifar10_root, trained, capsys):
+    bare = trained / "bare_vgg11.pt"
+    torch.save(torch.load(trained / "w" / f"{SMOKE}.pt", weights_only=True)["model"], bare)
     err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(
-        eval_args(cifar10_root, trained, "--model_name", "vgg13",
-                  "--checkpoint", str(trained / "w" / f"{RUN}.pt")))))
+        eval_args(cifar10_root, trained, "--model_name", "vgg13", "--checkpoint", str(bare)))))
     assert "does not match model 'vgg13'" in err and "missing keys" in err
+    err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(
+        eval_args(cifar10_root, trained, "--model_name", "vgg13"))))
+    assert "--model_name vgg13 contradicts the checkpoint" in err
 
 
 def test_corrupt_checkpoint_is_a_clear_error(cifar10_root, trained, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
-    bad.write_bytes((trained / "w" / f"{RUN}.pt").read_bytes()[:1000])
+    bad.write_bytes((trained / "w" / f"{SMOKE}.pt").read_bytes()[:1000])
     err = _exit_message(capsys, lambda: evaluate.main(evaluate.get_args(
         eval_args(cifar10_root, trained, "--checkpoint", str(bad)))))
     assert "corrupt" in err
@@ -116,12 +135,15 @@ def test_flag_out_of_range_is_rejected(capsys):
     assert e.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("data", ["--no-device_data", "--device_data"])
-def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch, data):
-    """Both data paths (torchvision workers, dataset on the device) resume bit-identically."""
+@pytest.mark.parametrize("data,workers", [("--no-device_data", "0"), ("--no-device_data", "2"), ("--device_data", "0")])
+def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch, data, workers):
+    """Both data paths (torchvision loader with and without worker processes, dataset on the device) resume
+    bit-identically."""
     full = tmp_path / "full"
-    main.main(main.get_args(train_args(cifar10_root, full, "--epochs", "2", "--fgr_lamb", "10", data)))
-    ref = torch.load(full / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
+    data = [data, "--workers", workers]
+    main.main(main.get_args(train_args(cifar10_root, full, "--epochs", "2", "--fgr_lamb", "10", *data)))
+    run = "cifar10_vgg11_fgr_10.0_rs_0.01_epochs2_batch_size16_subset32"
+    ref = torch.load(full / "w" / f"{run}.last.pt", weights_only=True)
 
     part = tmp_path / "part"
     real = training.train_one_epoch
@@ -134,11 +156,12 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
         return real(*a, **k)
 
     monkeypatch.setattr(training, "train_one_epoch", crash_on_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data)))
+    with pytest.raises(SystemExit) as e:  # Ctrl-C: one line saying how to resume, exit 130
+        main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", *data)))
+    assert e.value.code == 130
     monkeypatch.setattr(training, "train_one_epoch", real)
-    main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", data, "--resume")))
-    got = torch.load(part / "w" / "cifar10_vgg11_fgr_10.0_rs_0.01.last.pt", weights_only=True)
+    main.main(main.get_args(train_args(cifar10_root, part, "--epochs", "2", "--fgr_lamb", "10", *data, "--resume")))
+    got = torch.load(part / "w" / f"{run}.last.pt", weights_only=True)
     assert got["epoch"] == 2 and len(got["history"]) == 2
     for k, v in ref["model"].items():
         assert torch.equal(v, got["model"][k]), k
@@ -147,8 +170,8 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
 
 def test_resume_refuses_other_settings(cifar10_root, trained, capsys):
     err = _exit_message(capsys, lambda: main.main(main.get_args(
-        train_args(cifar10_root, trained, "--epochs", "2", "--resume", "--lr", "0.1"))))
-    assert "other settings" in err and "lr" in err
+        train_args(cifar10_root, trained, "--epochs", "1", "--resume", "--sampler", "gather"))))
+    assert "other settings" in err and "sampler" in err
 
 
 def test_crash_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

@@ -1,7 +1,7 @@
 """Adversarial Weight Perturbation (Wu et al., NeurIPS 2020; csdongxian/AWP ``utils_awp.py``), as the GSeM
-reference uses it (X-L-Liu/GSeM ``train_gsem_awp.py``): one step of SGD (lr 0.01, no momentum, no weight decay) on a proxy copy of
-the model to maximise the cross-entropy on the adversarial batch (EOT over the GSeM noise), then every conv/linear
-weight (state_dict entries with 'weight' in the name and more than one dimension) is moved by
+reference uses it (X-L-Liu/GSeM ``train_gsem_awp.py``): one step of SGD (lr 0.01, no momentum, no weight decay) on
+a proxy copy of the model to maximise the cross-entropy on the adversarial batch (EOT over the GSeM noise), then
+every conv/linear weight (state_dict entries with 'weight' in the name and more than one dimension) is moved by
 gamma * ||w|| * (w_proxy - w) / ||w_proxy - w||, with gamma = 0.01 and no warm-up.
 
 Use: ``state = awp.perturb(awp.calc(x_adv, y))`` before the loss, ``awp.restore(state)`` after ``optimizer.step()``

@@ -1,11 +1,12 @@
 """Checkpoints: atomic writes, ``weights_only=True`` loads, RNG capture, clear errors, and the
 :class:`Checkpointer` that owns a training run's files.
 
-A checkpoint of this repository is a dict::
+A checkpoint of this repository is a dict: the best model file holds::
 
     {"format": "robust-deform/2", "model": state_dict, "args": vars(args), "epoch": int, "context": {...},
-     "metrics": {...}, "best": float, "best_file": str, "history": [...], "optimizer": ..., "scheduler": ...,
-     "rng": {...}}
+     "metrics": {...}}
+
+and the resume state (``*.last.pt``) adds ``best``, ``best_file``, ``history``, ``optimizer``, ``scheduler``, ``rng``.
 
 Loaders also accept a bare reference ``state_dict`` (what the FGR and GSeM authors' code saves).
 """
@@ -21,7 +22,7 @@ import torch
 
 from . import distributed as dist
 from .errors import UserError
-from .results import JsonLog
+from .results import JsonLog, ensure_writable
 
 FORMAT = "robust-deform/2"
 # settings that may differ between an interrupted run and its resumption
@@ -87,7 +88,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: str, model_name: str) -> None:
-    """``load_state_dict(strict=True)`` with one readable message when the checkpoint does not fit the model.
+    """``load_state_dict(strict=True)`` with one readable message when the checkpoint does not fit the model or holds
+    non-finite weights.
 
     Strips a ``module.`` (DataParallel/DDP) or ``_orig_mod.`` (torch.compile) prefix if every key has it."""
     for prefix in ("module.", "_orig_mod."):
@@ -98,6 +100,10 @@ def load_model_state(model: torch.nn.Module, state_dict: dict, source: str, mode
     unexpected = [k for k in state_dict if k not in own]
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    bad = [k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        raise UserError(f"checkpoint {source} has non-finite weights ({len(bad)} tensors with NaN or inf, e.g. "
+                        f"{bad[0]}): the run that wrote it diverged; its numbers would mean nothing")
     if missing or unexpected or shapes:
         parts = []
         if missing:
@@ -154,6 +160,32 @@ class Checkpointer:
     def history(self) -> list:
         return self.log.history
 
+    def prepare(self, net, *, resume: bool, overwrite: bool) -> None:
+        """Before any work: check that the output folders are writable and have room for the checkpoints of ``net``,
+        and refuse to start over an earlier run of the same name unless ``resume`` (continue it) or ``overwrite``
+        (its files are removed first) is given."""
+        if not dist.is_main():
+            return
+        size = sum(v.numel() * v.element_size() for v in net.state_dict().values())
+        fixed_best = None if callable(self.best_path) else self.best_path
+        for folder in {os.path.dirname(os.path.abspath(p)) for p in (self.last_path, self.log.path, fixed_best) if p}:
+            ensure_writable(folder, need_bytes=4 * size)  # best + last, with optimizer state
+        earlier = [p for p in (self.last_path, self.log.path, fixed_best) if p and os.path.exists(p)]
+        if not earlier or resume:
+            return
+        if not overwrite:
+            raise UserError(f"{earlier[0]} exists: an earlier run of the same name. Add --resume to continue it or "
+                            f"--overwrite to replace it")
+        old_best = None
+        if os.path.isfile(self.last_path):
+            try:
+                old_best = load_checkpoint(self.last_path).get("best_file")
+            except UserError:  # a corrupt resume state is replaced all the same
+                pass
+        for path in {*earlier, old_best} - {None, self.keep}:
+            if os.path.isfile(path):
+                os.remove(path)
+
     def load_last(self) -> dict | None:
         """Read the resume state (once), check its settings, and take over its best, best file and history.
         Returns the state, or None when there is none."""
@@ -194,20 +226,18 @@ class Checkpointer:
         record[f"best_{self.select_key}"] = self.best
         main = dist.is_main()
         self.log.append(record, write=main)
-        state = {"format": FORMAT, "model": net.state_dict(), "args": self.args, "epoch": record["epoch"],
-                 "context": dict(self.context), "metrics": record, "best": self.best, "history": self.history,
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_state(generator)}
+        model = {"format": FORMAT, "model": net.state_dict(), "args": self.args, "epoch": record["epoch"],
+                 "context": dict(self.context), "metrics": record}
         if self.select == "last" or improved:
             path = self.best_path(record) if callable(self.best_path) else self.best_path
-            state["best_file"] = path
             if main:
-                atomic_save(state, path)
+                atomic_save(model, path)  # the model alone: what evaluation and warm restarts read
                 old = self.best_file
                 if old and old != self.keep and os.path.abspath(old) != os.path.abspath(path) and os.path.isfile(old):
                     os.remove(old)
             self.best_file = path
-        state["best_file"] = self.best_file
+        state = {**model, "best": self.best, "best_file": self.best_file, "history": self.history,
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
         if main:
             atomic_save(state, self.last_path)
         return improved

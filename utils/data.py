@@ -1,10 +1,13 @@
 """Datasets (CIFAR-10, CIFAR-100, SVHN through torchvision's dataset classes; ``digits``, real handwritten digits that
 ship inside scikit-learn, for runs without a download), with clear errors.
 
+The official files are checked against torchvision's MD5 sums before they are read (``verify=False``,
+``--no-verify_data``, for your own data in the same format), and CIFAR's pickles are read by a restricted unpickler,
+so a tampered file is an error that names it, never code that runs.
+
 ``--data_path`` may hold the torchvision layout (``<data_path>/cifar-10-batches-py``) or the FGR reference layout
 (``<data_path>/cifar10/cifar-10-batches-py``); missing data is downloaded into ``<data_path>`` when the network
-allows. Files are checked for presence, not MD5 (as the reference: it lists checksums but does not verify them);
-a downloaded archive is verified by torchvision.
+allows.
 """
 from __future__ import annotations
 
@@ -13,48 +16,94 @@ import os
 import pickle
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from PIL import Image
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .errors import UserError
 
 
-class _PresenceCheck:
-    """Mixin: accept files that exist (torchvision checks MD5, which rejects re-saved or synthetic copies)."""
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles what the CIFAR files hold (dicts, lists, strings, numbers, numpy arrays) and nothing else: a
+    tampered file cannot run code."""
 
-    def _required(self):
-        return [os.path.join(self.root, self.base_folder, f) for f, _ in self.train_list + self.test_list]
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR file")
+
+
+def read_cifar_pickle(path: str) -> dict:
+    """One CIFAR file (a Python 2 pickle), read with :class:`_SafeUnpickler`. Raises UserError naming the file when
+    it holds anything but data."""
+    try:
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, encoding="latin1").load()
+    except Exception as e:
+        raise UserError(f"{path} is not a CIFAR data file ({type(e).__name__}: {e}); nothing in it was run. Replace "
+                        f"it with the official file") from None
+
+
+class _SafeCIFAR:
+    """torchvision's CIFAR class with its files read by :func:`read_cifar_pickle` instead of ``pickle.load`` (the
+    rest, ``__getitem__`` and the transforms, is torchvision's). Presence is checked here; MD5 sums in
+    :func:`load_dataset`."""
+
+    def __init__(self, root, train: bool = True, transform=None, target_transform=None, download: bool = False):
+        datasets.VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+        self.train = train
+        if download:
+            self.download()
+        data, self.targets = [], []
+        for name, _ in self.train_list if train else self.test_list:
+            entry = read_cifar_pickle(os.path.join(self.root, self.base_folder, name))
+            data.append(entry["data"])
+            self.targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+        self._load_meta()
 
     def _check_integrity(self) -> bool:
-        return all(os.path.isfile(p) for p in self._required())
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                   for f, _ in self.train_list + self.test_list)
 
     def _load_meta(self) -> None:
         path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        if not os.path.isfile(path):
-            self.classes = []  # the class names are cosmetic; the reference never reads them
-            self.class_to_idx = {}
-            return
-        with open(path, "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.classes = read_cifar_pickle(path)[self.meta["key"]] if os.path.isfile(path) else []  # cosmetic
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
-class CIFAR10(_PresenceCheck, datasets.CIFAR10):
+class CIFAR10(_SafeCIFAR, datasets.CIFAR10):
     pass
 
 
-class CIFAR100(_PresenceCheck, datasets.CIFAR100):
+class CIFAR100(_SafeCIFAR, datasets.CIFAR100):
     pass
 
 
 class SVHN(datasets.SVHN):
+    """torchvision's SVHN (scipy's .mat reader runs no code); MD5 sums are checked in :func:`load_dataset`."""
+
     def _check_integrity(self) -> bool:
         return os.path.isfile(os.path.join(self.root, self.filename))
+
+
+def official_md5(name: str) -> dict:
+    """file name -> MD5 of the official files of dataset ``name`` (torchvision's table; empty for ``digits``)."""
+    cls = DATASETS[name].cls
+    if cls is SVHN:
+        return {f: md5 for _, f, md5 in datasets.SVHN.split_list.values() if f.endswith("32x32.mat")}
+    if cls in (CIFAR10, CIFAR100):
+        return {**dict(cls.train_list + cls.test_list), cls.meta["filename"]: cls.meta["md5"]}
+    return {}
 
 
 class Digits(torch.utils.data.Dataset):
@@ -225,8 +274,27 @@ def _missing_message(name: str, data_path: str, reason: str) -> str:
             f"there, or run once with network access to download them.")
 
 
-def load_dataset(name: str, data_path: str, train: bool, transform=None, download: bool = True):
-    """Load one split through torchvision. Raises UserError naming the expected files when it cannot."""
+def verify_files(name: str, root: str, train: bool) -> None:
+    """Check the MD5 sums of the official files of one split (and CIFAR's meta file). Raises UserError naming the
+    first file that differs."""
+    info, md5 = DATASETS[name], official_md5(name)
+    if info.cls is SVHN:
+        files = ["train_32x32.mat" if train else "test_32x32.mat"]
+    else:
+        cls = info.cls
+        files = [f for f, _ in (cls.train_list if train else cls.test_list)] + [cls.meta["filename"]]
+    for f in files:
+        path = os.path.join(root, info.folder, f)
+        if os.path.isfile(path) and not check_integrity(path, md5[f]):
+            raise UserError(f"{path} fails its MD5 check: it is not the official {name} file (tampered, re-saved or "
+                            f"your own data). Replace it with the official file, or pass --no-verify_data to use "
+                            f"your own data in the same format")
+
+
+def load_dataset(name: str, data_path: str, train: bool, transform=None, download: bool = True,
+                 verify: bool = True):
+    """Load one split through torchvision, after checking the official files' MD5 sums (``verify``). Raises
+    UserError naming the expected files when it cannot."""
     name = _check_name(name)
     info = DATASETS[name]
     root = _find_root(name, data_path)
@@ -239,11 +307,16 @@ def load_dataset(name: str, data_path: str, train: bool, transform=None, downloa
         except Exception as e:  # no network, HTTP error, bad archive, unwritable folder
             raise UserError(_missing_message(name, data_path, f"{type(e).__name__}: {e}")) from None
         root = data_path
+    if verify:
+        verify_files(name, root, train)
     try:
         return _construct(info.cls, root, train, transform, download=False)
+    except UserError:
+        raise
     except Exception as e:  # truncated pickle, wrong array shape, unreadable .mat
         raise UserError(f"{name} files in {os.path.join(root, info.folder)} are corrupt or not in the official format "
-                        f"({type(e).__name__}: {e}). Replace {', '.join(info.files)} with the official files.") from None
+                        f"({type(e).__name__}: {e}). Replace {', '.join(info.files)} with the official files."
+                        ) from None
 
 
 def _construct(cls, root, train, transform, download):
@@ -252,16 +325,19 @@ def _construct(cls, root, train, transform, download):
     return cls(root, train=train, transform=transform, download=download)
 
 
-def _split_sets(name, data_path, train_transform, test_transform, subset, seed, val_split):
-    train_set = load_dataset(name, data_path, True, train_transform)
+def _split_sets(name, data_path, train_transform, test_transform, subset, seed, val_split, verify):
+    train_set = load_dataset(name, data_path, True, train_transform, verify=verify)
     if val_split:
         if val_split >= len(train_set):
             raise UserError(f"--val_split {val_split} must be smaller than the training set ({len(train_set)} images)")
         order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed)).tolist()
-        test_set = Subset(load_dataset(name, data_path, True, test_transform), sorted(order[:val_split]))
+        test_set = Subset(load_dataset(name, data_path, True, test_transform, verify=verify), sorted(order[:val_split]))
         train_set = Subset(train_set, sorted(order[val_split:]))
     else:
-        test_set = load_dataset(name, data_path, False, test_transform)
+        test_set = load_dataset(name, data_path, False, test_transform, verify=verify)
+    if subset and subset > min(len(train_set), len(test_set)):
+        print(f"note: --subset {subset} is more than the {len(train_set)} training / {len(test_set)} test images; "
+              f"all of a smaller split are used", flush=True)
     if subset:
         train_set = Subset(train_set, range(min(subset, len(train_set))))
         test_set = Subset(test_set, range(min(subset, len(test_set))))
@@ -270,7 +346,8 @@ def _split_sets(name, data_path, train_transform, test_transform, subset, seed, 
 
 def make_loaders(name: str, data_path: str, batch_size: int, train_transform, test_transform, *, subset: int = 0,
                  workers: int = 4, seed: int = 0, test_batch_size: int | None = None, pin_memory: bool = False,
-                 val_split: int = 0, device_augment: DeviceAugment | None = None, device=None, bar: bool = True):
+                 val_split: int = 0, device_augment: DeviceAugment | None = None, device=None, bar: bool = True,
+                 verify: bool = True):
     """Train and test loaders. ``subset=N`` keeps the first N images of each split (smoke runs, CI).
 
     ``val_split=N`` holds out N training images (a fixed random choice given ``seed``, test transform) and returns
@@ -278,9 +355,10 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
     With ``device_augment`` (and ``device``) the transforms must be the static uint8 ones of
     :func:`fgr_device_transforms` and both loaders are :class:`DeviceLoader` objects; otherwise torchvision
     DataLoaders with ``workers`` processes.
+    ``verify`` checks the official files' MD5 sums (:func:`load_dataset`).
     The training order comes from a dedicated ``torch.Generator`` (returned, so a checkpoint can save and restore it
     and a resumed run sees the same batches)."""
-    train_set, test_set = _split_sets(name, data_path, train_transform, test_transform, subset, seed, val_split)
+    train_set, test_set = _split_sets(name, data_path, train_transform, test_transform, subset, seed, val_split, verify)
     gen = torch.Generator().manual_seed(seed)
     world = dist.world_size()
     if world > 1 and batch_size % world:
@@ -291,13 +369,16 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
         return (DeviceLoader(train_set, batch_size, device, device_augment, generator=gen, bar=bar),
                 DeviceLoader(test_set, test_batch_size or batch_size, device, bar=bar), gen)
     workers = min(workers, os.cpu_count() or 1)  # more workers than cores only adds overhead
-    common = dict(num_workers=workers, pin_memory=pin_memory, persistent_workers=workers > 0)
+    common = dict(num_workers=workers, pin_memory=pin_memory)
+    # Training workers are started anew every epoch, seeded from ``gen`` (saved with the resume state): persistent
+    # workers would carry their random state across epochs, and a resumed run could not reproduce it.
     if world > 1:  # global batch unchanged: each rank takes batch_size / world
         sampler = DistributedSampler(train_set, shuffle=True, seed=seed, drop_last=False)
-        train_loader = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, **common)
+        train_loader = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, generator=gen, **common)
     else:
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen, **common)
-    test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False, **common)
+    test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False,
+                             persistent_workers=workers > 0, **common)
     return train_loader, test_loader, gen
 
 

@@ -7,8 +7,12 @@ class UserError(Exception):
     """Bad input (data, checkpoint, flag): the message is shown to the user as is."""
 
 
-def cli_entry(main):
-    """Wrap a script's ``main(args)``: a UserError (or bad model name) prints ``error: ...`` and exits with code 2."""
+def cli_entry(main=None, *, on_interrupt: str = "interrupted"):
+    """Wrap a script's ``main(args)``: a UserError prints one ``error: ...`` line and exits with code 2; Ctrl-C
+    prints one line (``on_interrupt``: how to continue) and exits with code 130. Use as ``@cli_entry`` or
+    ``@cli_entry(on_interrupt="...")``."""
+    if main is None:
+        return functools.partial(cli_entry, on_interrupt=on_interrupt)
 
     @functools.wraps(main)
     def wrapped(args):
@@ -17,5 +21,12 @@ def cli_entry(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print(f"\n{on_interrupt}", file=sys.stderr)
+            raise SystemExit(130) from None
 
     return wrapped
+
+
+RESUME_HINT = ("interrupted: every finished epoch is saved; run the same command with --resume to continue from the "
+               "last one")

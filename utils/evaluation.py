@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import torch
 from torch.utils.data import DataLoader, Subset
@@ -13,20 +14,20 @@ from tqdm.auto import tqdm
 
 from attacks import PGD
 from attacks.multi import MultiAttack
-from models import build_model, model_options
+from models import build_model
 
 from . import distributed as dist
-from .checkpoint import load_checkpoint, load_model_state
+from .checkpoint import load_model_state
 from .data import load_dataset
 from .errors import UserError
 from .flow import flow_norms_pixels
 from .runtime import autocast, eval_mode, fast_path
 
-BAR_REFRESH = 20  # update the bar's running numbers every N batches when no attack runs
+BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
 
 
 def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval", return_flags=False):
-    """Accuracy (%) on ``loader`` in eval mode: ``clean`` and one entry per attack.
+    """Accuracy (a fraction) on ``loader`` in eval mode: ``clean`` and one entry per attack (the bar shows %).
 
     Args:
         model: the classifier; its train/eval mode is restored afterwards.
@@ -37,11 +38,11 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
     attacks = attacks or {}
     flags = {name: [] for name in ["clean", *attacks]}
     correct = {name: torch.zeros((), device=device) for name in flags}
-    seen = 0
+    seen, shown = 0, 0.0
     bar = bar and dist.is_main()
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     with eval_mode(model):
-        for step, (x, y) in enumerate(pbar):
+        for x, y in pbar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for name in flags:
                 x_in = x if name == "clean" else attacks[name](x, y)
@@ -51,8 +52,9 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
                 if return_flags:
                     flags[name].append(hit.cpu())
             seen += y.shape[0]
-            if bar and (attacks or step % BAR_REFRESH == 0):
+            if bar and time.time() - shown >= BAR_REFRESH:
                 pbar.set_postfix({k: f"{100 * v.item() / seen:.2f}" for k, v in correct.items()})
+                shown = time.time()
     pbar.close()
     names = list(correct)
     totals = dist.all_reduce_sum(torch.stack([*(correct[k].float() for k in names),
@@ -60,43 +62,47 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
     seen = totals[-1].item()
     if seen == 0:
         raise UserError("the evaluation set is empty")
-    acc = {name: 100.0 * totals[i].item() / seen for i, name in enumerate(names)}
+    acc = {name: totals[i].item() / seen for i, name in enumerate(names)}
     if return_flags:  # ranks hold contiguous shards: concatenating in rank order restores the order
         return acc, {name: dist.all_gather_cat(torch.cat(f)) for name, f in flags.items()}
     return acc
 
 
-def load_for_evaluation(path: str, name: str, num_classes: int, device, *, normalize=None, options: dict | None = None,
-                        amp: bool = False):
-    """Build model ``name`` and load the checkpoint at ``path`` into it, in eval mode on ``device``.
-
-    The family's constructor options (``models.model_options``: GSeM's alpha and beta) come from ``options`` (flags;
-    None = not given), else from the checkpoint's stored args, else the constructor's default; a flag that
-    contradicts the checkpoint is a UserError.
-
-    Returns:
-        ``(model, checkpoint dict, the options used)``.
-    """
-    ckpt = load_checkpoint(path, map_location="cpu")
+def adopt_checkpoint_settings(args, ckpt: dict, given: set, keys) -> None:
+    """The checkpoint is the source of truth: for each of ``keys`` (model name, dataset, normalisation, GSeM alpha
+    and beta, ...) stored in the checkpoint's args, a flag given on the command line must agree (else UserError), and
+    a flag not given takes the stored value. A bare state_dict (no args) leaves the flags as they are."""
     stored = ckpt.get("args", {})
-    used = {}
-    for key, default in model_options(name).items():
-        flag, saved = (options or {}).get(key), stored.get(key)
-        if flag is not None and saved is not None and flag != saved:
-            raise UserError(f"--{key} {flag} differs from the checkpoint's {key} {saved}")
-        used[key] = flag if flag is not None else saved if saved is not None else default
-    model = build_model(name, num_classes, normalize=normalize, options=used)
+    for key in keys:
+        if key not in stored:
+            continue
+        flag, saved = getattr(args, key), stored[key]
+        if key in given and str(flag).lower() != str(saved).lower():
+            raise UserError(f"--{key} {flag} contradicts the checkpoint, which was trained with {key} {saved}; "
+                            f"leave the flag out to use the checkpoint's")
+        setattr(args, key, saved)
+
+
+def load_for_evaluation(ckpt: dict, path: str, name: str, num_classes: int, device, *, normalize=None,
+                        options: dict | None = None, amp: bool = False):
+    """Build model ``name`` and load the checkpoint ``ckpt`` (read from ``path``) into it, in eval mode on
+    ``device``. ``options`` are offered to the family's constructor (``models.build_model``)."""
+    model = build_model(name, num_classes, normalize=normalize, options=options)
     load_model_state(model, ckpt["model"], path, name)
-    return fast_path(model.to(device), device, amp=amp).eval(), ckpt, used
+    return fast_path(model.to(device), device, amp=amp).eval()
 
 
-def test_loader(dataset: str, data_path: str, transform, *, n: int = 0, batch_size: int, workers: int):
-    """The first ``n`` test images (0 = all); under torchrun each rank gets a contiguous block.
+def test_loader(dataset: str, data_path: str, transform, *, n: int = 0, batch_size: int, workers: int,
+                verify: bool = True):
+    """The first ``n`` test images (0 = all); under torchrun each rank gets a contiguous block. ``verify`` checks
+    the official files' MD5 sums.
 
     Returns:
         ``(loader, n)`` with ``n`` the number of images evaluated over all ranks.
     """
-    test_set = load_dataset(dataset, data_path, False, transform)
+    test_set = load_dataset(dataset, data_path, False, transform, verify=verify)
+    if n > len(test_set):
+        print(f"note: {n} test points asked for, the test set has {len(test_set)}; all are used", flush=True)
     n = min(n or len(test_set), len(test_set))
     shard = Subset(test_set, list(dist.shard(n)))
     return DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=min(workers, os.cpu_count() or 1)), n
@@ -106,8 +112,8 @@ def attack_accuracy(model, loader, device, name: str, attack=None, *, bar=True, 
     """Clean accuracy and, with ``attack``, accuracy under it, on the whole loader.
 
     Returns:
-        ``clean`` and (with an attack) ``acc``, in %; ``clean_flags`` and ``flags``, per-example correctness (bool,
-        CPU); for deformation attacks (``attack.produces_flow``) also ``tnorm``, the T-norm in pixels of each
+        ``clean`` and (with an attack) ``acc``, fractions; ``clean_flags`` and ``flags``, per-example correctness
+        (bool, CPU); for deformation attacks (``attack.produces_flow``) also ``tnorm``, the T-norm in pixels of each
         example's flow.
     """
     tnorms = []
@@ -129,10 +135,9 @@ def attack_accuracy(model, loader, device, name: str, attack=None, *, bar=True, 
     return out
 
 
-def standard_error(acc_pct: float, n: int) -> float:
-    """Binomial standard error of an accuracy in percent."""
-    p = acc_pct / 100
-    return 100 * math.sqrt(max(p * (1 - p), 1e-12) / max(n, 1))
+def standard_error(acc: float, n: int) -> float:
+    """Binomial standard error of an accuracy (a fraction) measured on ``n`` points."""
+    return math.sqrt(max(acc * (1 - acc), 1e-12) / max(n, 1))
 
 
 def sanity_checks(model, loader, device, *, eps, eot_iter, steps_scale=1.0, pgd_kwargs=None, results=None,
@@ -144,7 +149,7 @@ def sanity_checks(model, loader, device, *, eps, eot_iter, steps_scale=1.0, pgd_
     Args:
         eps: the L-inf budget ([0, 1] units); eot_iter: EOT passes; steps_scale: as ``--steps_scale``.
         pgd_kwargs: speed options for PGD (batched_eot, amp, eot_batch).
-        results: name -> result row (``acc`` in %) of the attacks already run; ``stages``: name -> attack object.
+        results: name -> result row (``acc``, a fraction) of the attacks already run; ``stages``: name -> attack.
         n: number of evaluated points (for the standard error).
     Returns:
         ``(checks, warnings)``.
@@ -156,16 +161,16 @@ def sanity_checks(model, loader, device, *, eps, eot_iter, steps_scale=1.0, pgd_
     few = PGD(model, eps=eps, alpha=2 / 255, steps=max(1, int(round(10 * steps_scale))), eot_iter=eot_iter, **kw)
     acc = evaluate(model, loader, device, {"unbounded": big, "PGD10": few}, bar=bar, desc="sanity")
     checks["unbounded_pgd_acc"] = acc["unbounded"]
-    if acc["unbounded"] > 1.0:
-        warnings.append(f"PGD with eps = 1 (unbounded) leaves {acc['unbounded']:.2f}% accuracy: gradients may be "
-                        f"masked or the attack too short")
+    if acc["unbounded"] > 0.01:
+        warnings.append(f"PGD with eps = 1 (unbounded) leaves {100 * acc['unbounded']:.2f}% accuracy: gradients may "
+                        f"be masked or the attack too short")
     checks["pgd10_acc"] = acc["PGD10"]
     if "PGD500" in results:
         longer = results["PGD500"]["acc"]
         checks["pgd500_minus_pgd10"] = longer - acc["PGD10"]
         if longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n):
-            warnings.append(f"PGD500 ({longer:.2f}%) is weaker than PGD10 ({acc['PGD10']:.2f}%): more steps should "
-                            f"not help the model; suspect gradient masking")
+            warnings.append(f"PGD500 ({100 * longer:.2f}%) is weaker than PGD10 ({100 * acc['PGD10']:.2f}%): more "
+                            f"steps should not help the model; suspect gradient masking")
     for name, attack in stages.items():
         if isinstance(attack, MultiAttack):
             square = attack.fooled_by.get("Square", 0)

@@ -109,7 +109,8 @@ def warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros", sampl
 
 
 def random_flow_start(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """FGR's random start (the authors' ``main.py``): warp by i.i.d. N(0, sigma^2) flow noise (normalised units), native sampler,
+    """FGR's random start (the authors' ``main.py``): warp by i.i.d. N(0, sigma^2) flow noise (normalised units),
+    native sampler,
     zeros padding, clamp to [0, 1], detached."""
     b, _, h, w = x.shape
     noise = torch.randn(b, h, w, 2, dtype=x.dtype, device=x.device) * sigma

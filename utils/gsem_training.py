@@ -18,7 +18,8 @@ from models import build_model
 from . import distributed as dist
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
-from .cli import add_run_args, add_speed_args, check_model_name, nonneg_int, positive_float, positive_int
+from .cli import (add_bool, add_run_args, add_speed_args, check_model_name, eps_255, nonneg_float, nonneg_int,
+                  positive_float, positive_int, settings_suffix)
 from .data import gsem_transforms, make_loaders, num_classes
 from .errors import UserError
 from .runtime import autocast, eval_mode, prepare_training_model, start_run
@@ -29,13 +30,14 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     """The reference's flags and defaults, plus this repository's run flags."""
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
-    p.add_argument("--dataset_name", type=str, default="cifar10", help="cifar10, cifar100, svhn or digits (built in, no download)")
+    p.add_argument("--dataset_name", type=str, default="cifar10",
+                   help="cifar10, cifar100, svhn or digits (built in, no download)")
     p.add_argument("--alpha", type=positive_int, default=6, help="GSeM quantisation: grid step 1/alpha")
     p.add_argument("--beta", type=nonneg_int, default=4, help="GSeM noise: integers in [-beta, beta] (0 = no noise)")
-    p.add_argument("--batch_size", type=positive_int, default=256)
-    p.add_argument("--lr", type=positive_float, default=0.01)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight_decay", type=float, default=3.5e-3)
+    p.add_argument("--batch_size", type=positive_int, default=256, help="batch size")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight_decay", type=nonneg_float, default=3.5e-3, help="SGD weight decay")
     p.add_argument("--milestones", type=int, nargs="+", default=[60, 110], help="lr x0.1 at these epochs")
     p.add_argument("--epochs", type=positive_int, default=150, help="epochs per reload")
     p.add_argument("--reload", type=positive_int, default=5,
@@ -43,16 +45,14 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
                         "with a fresh optimizer and schedule")
     p.add_argument("--gra_eot_num", type=positive_int, default=10, help="noisy passes per weight update (EOT)")
     p.add_argument("--att_eot_num", type=positive_int, default=10, help="noisy passes per attack step (EOT)")
-    p.add_argument("--eps", type=positive_float, default=8.0, help="training attack L-inf budget, in 1/255 units")
+    p.add_argument("--eps", type=eps_255, default=8.0, help="training attack L-inf budget, in 1/255 units (8 = 8/255)")
     p.add_argument("--step_size", type=positive_float, default=2.0, help="training attack step, in 1/255 units")
     p.add_argument("--attack_steps", type=positive_int, default=10, help="training attack PGD steps")
-    p.add_argument("--batched_eot", action=argparse.BooleanOptionalAction, default=True,
-                   help="attack EOT as copies of the batch in one forward (same expectation; faster)")
+    add_bool(p, "batched_eot", True, "attack EOT as copies of the batch in one forward (same expectation; faster)")
     p.add_argument("--eot_batch", type=positive_int, default=None,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
-    p.add_argument("--use_amp", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast for training and the training attack where the device has native bf16 (CUDA, "
-                        "AMX/AVX512-BF16 CPUs; no effect elsewhere)")
+    add_bool(p, "use_amp", True, "bf16 autocast for training and the training attack where the device has native bf16 "
+                                 "(CUDA, AMX/AVX512-BF16 CPUs; no effect elsewhere)")
     p.add_argument("--val_split", type=nonneg_int, default=0,
                    help="select the model on N held-out training images instead of the test set (0 = test set, "
                         "as the reference)")
@@ -60,7 +60,8 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model_load_path", type=str, default="", help="initial weights (default: train from scratch)")
     p.add_argument("--best_acc", type=float, default=0.0,
                    help="a checkpoint is written only when the selection accuracy (fraction) beats this")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run (any reload, any epoch)")
+    add_bool(p, "resume", False, "continue an interrupted run (any reload, any epoch)")
+    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)")
     add_speed_args(p)
     add_run_args(p)
     p.set_defaults(data_path="./dataset", workers=2)
@@ -109,17 +110,34 @@ def build_classifier(args, device):
                        options={"alpha": args.alpha, "beta": args.beta}).to(device)
 
 
-def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = False) -> dict:
+# result-changing settings that the reference's checkpoint name does not hold: another value adds a suffix
+TRAINING_KEYS = ("epochs", "reload", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gra_eot_num",
+                 "att_eot_num", "eps", "step_size", "attack_steps", "use_amp", "val_split", "subset", "seed",
+                 "mart_beta", "awp_gamma", "awp_lr")
+
+
+def run_name(args, method: str, defaults: dict) -> str:
+    """``<classifier>_<alpha>_<beta>`` as the reference (``train_gsem.py``), with ``_mart`` / ``_awp`` for the other
+    two methods (the reference gave all three the same name, so one run replaced another's model) and a suffix for
+    every training setting off the recipe (:data:`TRAINING_KEYS`)."""
+    tag = "" if method == "gsem" else f"_{method}"
+    return f"{args.classifier_name}_{args.alpha}_{args.beta}{tag}{settings_suffix(args, defaults, TRAINING_KEYS)}"
+
+
+def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = False, defaults: dict) -> dict:
     """Train with the reference recipe: ``args.reload`` runs of ``args.epochs`` epochs; each run after the first
     starts from the best checkpoint so far with a new optimizer, schedule and attack; the best model (by
-    half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<classifier>_<alpha>_<beta>_<acc>.pt``.
+    half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<run name>_<acc>.pt`` (:func:`run_name`;
+    ``GSeMResNet18_6_4_0.6731.pt`` for the reference recipe), the resume state as ``<run name>.last.pt`` and the
+    log as ``<run name>.log.json``.
 
     Args:
         args: the parsed flags (:func:`add_gsem_train_args`).
-        method: names the resume state and log (``..._<method>.last.pt``, ``..._<method>.log.json``).
+        method: ``gsem``, ``mart`` or ``awp`` (in the run name).
         loss_fn: the loss (``utils.losses``), its hyperparameters bound.
         policy: ``'half'`` (even half adversarial) or ``'adversarial'`` (whole batch).
         awp: adversarial weight perturbation (``--awp_gamma``, ``--awp_lr``), recomputed every step.
+        defaults: the script's flag defaults (``vars(get_args([]))``), to name runs off the recipe.
     Returns:
         ``{"best", "best_file", "history"}``.
     """
@@ -130,10 +148,10 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
     train_tf, test_tf = gsem_transforms()
     train_loader, test_loader, gen = make_loaders(
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
-        workers=args.workers, seed=args.seed, pin_memory=device.type == "cuda", val_split=args.val_split)
-    folder = os.path.join(args.model_save_path, args.dataset_name)
-    stem = os.path.join(folder, f"{args.classifier_name}_{args.alpha}_{args.beta}")
-    ckpt = Checkpointer(f"{stem}_{method}.last.pt", f"{stem}_{method}.log.json", vars(args),
+        workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
+        val_split=args.val_split)
+    stem = os.path.join(args.model_save_path, args.dataset_name, run_name(args, method, defaults))
+    ckpt = Checkpointer(f"{stem}.last.pt", f"{stem}.log.json", vars(args),
                         best_path=lambda record: f"{stem}_{record['test_acc']}.pt", select_key="test_acc",
                         best=args.best_acc, best_file=args.model_load_path or None)
     state = ckpt.load_last() if args.resume else None
@@ -144,6 +162,8 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
     for reload in range(first, args.reload):
         ckpt.context = {"reload": reload}
         model = build_classifier(args, device)
+        if reload == first:
+            ckpt.prepare(model, resume=args.resume, overwrite=args.overwrite)
         if ckpt.best_file:  # warm restart from the best checkpoint so far (or the given initial weights)
             load_model_state(model, load_checkpoint(ckpt.best_file, map_location=device)["model"], ckpt.best_file,
                              args.classifier_name)
@@ -164,9 +184,9 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,
-            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=not args.no_bar,
+            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=args.bar,
                                               amp=args.use_amp),
-            ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=not args.no_bar,
+            ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=args.bar,
             log=say)
         if dist.world_size() > 1:
             torch.distributed.barrier()

@@ -1,10 +1,10 @@
 """Gradient regularizers: FGR (flow gradient, Xia & Li 2021) and IGR (input gradient, Ross & Doshi-Velez 2018).
 
 Both use the reference reduction (xpf/Flow-Gradient-Regularization ``main.py``): the gradient of the *batch-mean*
-cross-entropy, squared, summed per example over all its coordinates, then averaged over the batch. The objective is ``CE + lamb * R`` and is
-backpropagated through R (double backward). Because CE is a batch mean, R scales as 1 / B^2 per example: a given
-lambda means what it means only at the batch size it was tuned for (128 in the reference). The training loss
-``CE + lambda * R`` is ``utils.losses.gradient_regularized``.
+cross-entropy, squared, summed per example over all its coordinates, then averaged over the batch. The objective is
+``CE + lamb * R`` and is backpropagated through R (double backward). Because CE is a batch mean, R scales as
+1 / B^2 per example: a given lambda means what it means only at the batch size it was tuned for (128 in the
+reference). The training loss ``CE + lambda * R`` is ``utils.losses.gradient_regularized``.
 """
 from __future__ import annotations
 

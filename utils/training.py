@@ -25,7 +25,37 @@ from .eot import eot_backward
 from .errors import UserError
 from .runtime import autocast
 
-BAR_REFRESH = 20  # update the bar's running numbers every N steps (each update syncs with the device)
+BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
+
+
+class Diverged(UserError):
+    """A non-finite loss, loss term or gradient: training stops before anything of the epoch is saved."""
+
+
+def _finite(loss, terms, model) -> torch.Tensor:
+    """One device boolean: the loss, every term and every parameter gradient of the step just taken are finite."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    ok = torch.isfinite(loss)
+    for v in terms.values():
+        ok = ok & torch.isfinite(v).all()
+    if grads:  # a sum of norms is finite iff every gradient is (norms are >= 0)
+        ok = ok & torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum())
+    return ok
+
+
+def _check_finite(pending: list, epoch: int, n_steps: int) -> None:
+    """Raise :class:`Diverged` naming the first step of ``pending`` ([(step, loss, terms, finite)]) that was not
+    finite. One device sync for the whole list."""
+    if not pending:
+        return
+    flags = torch.stack([f for *_, f in pending]).tolist()
+    if all(flags):
+        pending.clear()
+        return
+    step, loss, terms, _ = pending[flags.index(False)]
+    parts = ", ".join(f"{k} {v.item():.4g}" for k, v in {"loss": loss, **terms}.items())
+    raise Diverged(f"training diverged at epoch {epoch}, step {step + 1}/{n_steps}: {parts} "
+                   f"(a loss, a loss term or a gradient is not finite)")
 
 
 def half_adversarial(attack):
@@ -78,31 +108,43 @@ class TrainStep:
         return loss, logits, terms
 
 
-def train_one_epoch(step: TrainStep, loader, *, bar=True, desc="train") -> dict:
-    """One pass of ``step`` over ``loader`` with the model in train mode.
+def _console(key: str, value: float) -> str:
+    """Accuracies (keys ending in ``acc``: fractions in every file) in % on the console; other numbers as they are."""
+    return f"{key} {100 * value:.2f}%" if key.endswith("acc") else f"{key} {value:.4g}"
+
+
+def train_one_epoch(step: TrainStep, loader, *, bar=True, desc="train", epoch: int = 1) -> dict:
+    """One pass of ``step`` over ``loader`` with the model in train mode. Stops with :class:`Diverged` at the first
+    step whose loss, loss terms or gradients are not finite (checked with the bar's refresh, at least once a second,
+    and at the end of the epoch).
 
     Returns:
-        the epoch means of ``loss``, every loss term, ``acc`` (%) and ``time`` (s), reduced over processes.
+        the epoch means of ``loss``, every loss term, ``acc`` (a fraction) and ``time`` (s), reduced over processes.
     """
     step.model.train()
     device = step.device
     sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), device=device)
-    seen = 0
-    t0 = time.time()
+    seen, pending = 0, []
+    t0 = last_check = time.time()
     bar = bar and dist.is_main()
     pbar = tqdm(loader, desc=desc, disable=not bar, leave=False, dynamic_ncols=True)
     for i, (x, y) in enumerate(pbar):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss, logits, terms = step(x, y)
+        pending.append((i, loss, terms, _finite(loss, terms, step.model)))
         b = y.shape[0]
         seen += b
         for k, v in {"loss": loss, **terms}.items():
             sums[k] = sums.get(k, 0) + v.float() * b
         correct += (logits.argmax(1) == y).sum()
-        if bar and i % BAR_REFRESH == 0:
-            pbar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}")
+        if time.time() - last_check >= BAR_REFRESH:
+            _check_finite(pending, epoch, len(pbar))
+            last_check = time.time()
+            if bar:
+                pbar.set_postfix(loss=f"{sums['loss'].item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}%")
     pbar.close()
+    _check_finite(pending, epoch, len(pbar))
     keys = list(sums)  # one reduction per epoch over ranks: [sums..., correct, seen]
     totals = dist.all_reduce_sum(torch.stack([*(sums[k] for k in keys), correct.float(),
                                               torch.tensor(float(seen), device=device)]))
@@ -110,13 +152,13 @@ def train_one_epoch(step: TrainStep, loader, *, bar=True, desc="train") -> dict:
     if seen == 0:
         raise UserError("the training set is empty")
     out = {k: totals[i].item() / seen for i, k in enumerate(keys)}
-    out["acc"] = 100.0 * totals[-2].item() / seen
+    out["acc"] = totals[-2].item() / seen
     out["time"] = time.time() - t0
     return out
 
 
 def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, epochs: int, generator=None,
-        resume: bool = False, bar: bool = True, log=print) -> dict:
+        resume: bool = False, bar: bool = True, log=print, hint: str = "the learning rate may be too high") -> dict:
     """Train for ``epochs`` epochs, from 0 or from the checkpointer's resume state.
 
     Args:
@@ -129,8 +171,11 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         generator: the data-order generator (saved and restored with the resume state).
         resume: continue from the checkpointer's resume state when it belongs to this call.
         bar: progress bars; log: where the per-epoch line goes.
+        hint: the likely cause of a divergence, for its error message.
     Returns:
         the last epoch's record.
+    Raises:
+        Diverged (a UserError) at the first non-finite step, before anything of that epoch is saved.
     """
     net = dist.unwrap(step.model)
     start = checkpointer.restore(net, step.optimizer, scheduler, generator) if resume else 0
@@ -143,14 +188,19 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new order for every epoch of the run
             sampler.set_epoch(len(checkpointer.history))
         lr = step.optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(step, train_loader, bar=bar, desc=f"epoch {epoch + 1}/{epochs}")
+        try:
+            stats = train_one_epoch(step, train_loader, bar=bar, desc=f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1)
+        except Diverged as e:
+            kept = f"the last good state is {checkpointer.last_path}" if checkpointer.history else "nothing was saved"
+            raise Diverged(f"{e}. Likely cause: {hint}. The model is not saved: {kept}.") from None
         scheduler.step()
         metrics = evaluate_fn()
         record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}, **metrics}
         improved = checkpointer.save(record, net, step.optimizer, scheduler, generator)
         parts = [f"epoch {epoch + 1:3d}/{epochs}", f"lr {lr:.4g}"]
         parts += [f"{k} {v:.4f}" for k, v in stats.items() if k not in ("acc", "time")]
-        parts += [f"train_acc {stats['acc']:.2f}"] + [f"{k} {v:.4g}" for k, v in metrics.items()]
-        parts += [f"best {checkpointer.best:.4g}{' *' if improved else ''}", f"{stats['time']:.1f}s"]
+        parts += [_console("train_acc", stats["acc"])] + [_console(k, v) for k, v in metrics.items()]
+        parts += [f"best {_console(checkpointer.select_key, checkpointer.best)}{' *' if improved else ''}",
+                  f"{stats['time']:.1f}s"]
         log(" | ".join(parts))
     return record

@@ -1,0 +1,267 @@
+"""Never a silent wrong number: a diverged run stops with one line and saves nothing, finished work is never
+overwritten, the checkpoint's settings win over missing flags, unwritable outputs fail before any work, tampered data
+runs nothing, and the command lines speak in one line."""
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+import evaluate
+import evaluate_gsem
+import main
+import train_gsem
+import train_gsem_awp
+import train_gsem_mart
+from models import build_model
+from utils import training
+from utils.checkpoint import Checkpointer
+from utils.data import load_dataset
+from utils.errors import UserError
+from utils.losses import cross_entropy
+from utils.results import write_json
+from utils.training import Diverged, TrainStep, fit
+
+SCRIPTS = [main, evaluate, train_gsem, train_gsem_mart, train_gsem_awp, evaluate_gsem]
+
+
+def fgr_args(root, tmp, *extra):
+    return ["--data_path", root, "--no-verify_data", "--data_name", "cifar10", "--model_name", "vgg11",
+            "--weight_path", str(tmp / "w"), "--subset", "16", "--batch_size", "8", "--epochs", "1", "--workers", "0",
+            "--no_bar", *extra]
+
+
+def eval_args(root, tmp, *extra):
+    return ["--data_path", root, "--no-verify_data", "--subset", "16", "--workers", "0", "--no_bar", "--steps", "1",
+            "--result_path", str(tmp / "r"), *extra]
+
+
+def exit_2(capsys, fn) -> str:
+    with pytest.raises(SystemExit) as e:
+        fn()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+# --- non-finite guard ---------------------------------------------------------------------------------------------
+
+def test_a_diverging_fgr_run_stops_at_the_first_step_and_saves_nothing(cifar10_root, tmp_path, capsys):
+    err = exit_2(capsys, lambda: main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "1e38"))))
+    assert "diverged at epoch 1, step 1/2" in err and "loss inf" in err and "reg " in err
+    assert "lambda too large for the batch size" in err and "nothing was saved" in err
+    assert not [f for f in os.listdir(tmp_path / "w") if not f.startswith(".")]
+
+
+class NaNAt:
+    """Cross-entropy, except at the ``k``-th call, where the loss is NaN."""
+
+    def __init__(self, k):
+        self.k, self.calls = k, 0
+
+    def __call__(self, model, x_in, y, x):
+        self.calls += 1
+        loss, logits, terms = cross_entropy(model, x_in, y, x)
+        return (loss * float("nan") if self.calls == self.k else loss), logits, {"ce": loss}
+
+
+def test_the_loop_names_the_first_non_finite_step_and_keeps_the_last_good_state(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    loader = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(4)]
+    ckpt = Checkpointer(str(tmp_path / "r.last.pt"), str(tmp_path / "r.log.json"), {}, best_path=str(tmp_path / "r.pt"),
+                        select_key="val_acc")
+    with pytest.raises(Diverged, match=r"epoch 2, step 3/4: loss nan, ce [0-9.]+ .*the last good state is"):
+        fit(TrainStep(model, opt, NaNAt(7)), loader, sched, lambda: {"val_acc": 0.5}, ckpt, epochs=3, bar=False,
+            log=lambda s: None)
+    last = torch.load(tmp_path / "r.last.pt", weights_only=True)
+    assert last["epoch"] == 1 and all(v.isfinite().all() for v in last["model"].values())
+    assert json.loads((tmp_path / "r.log.json").read_text())["epochs"][0]["epoch"] == 1
+
+
+def test_evaluation_refuses_a_checkpoint_with_non_finite_weights(cifar10_root, tmp_path, capsys):
+    sd = build_model("vgg11", 10).state_dict()
+    sd["classifier.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "nan.pt")
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(
+        eval_args(cifar10_root, tmp_path, "--checkpoint", str(tmp_path / "nan.pt")))))
+    assert "non-finite weights" in err and "diverged" in err
+
+
+def test_json_is_strictly_valid(tmp_path):
+    write_json(str(tmp_path / "a.json"), {"x": float("nan"), "y": [float("inf"), 1.5]})
+    assert json.loads((tmp_path / "a.json").read_text(), parse_constant=lambda c: pytest.fail(c)) == \
+        {"x": None, "y": [None, 1.5]}
+
+
+# --- nothing overwritten ------------------------------------------------------------------------------------------
+
+def test_a_rerun_is_refused_without_resume_or_overwrite(cifar10_root, tmp_path, capsys):
+    argv = fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")
+    main.main(main.get_args(argv))
+    name = "cifar10_vgg11_epochs1_batch_size8_subset16"  # the smoke settings are in the name
+    first = (tmp_path / "w" / f"{name}.pt").read_bytes()
+    err = exit_2(capsys, lambda: main.main(main.get_args(argv)))
+    assert f"{name}.last.pt exists" in err and "--resume" in err and "--overwrite" in err
+    assert (tmp_path / "w" / f"{name}.pt").read_bytes() == first
+    main.main(main.get_args(argv + ["--overwrite", "--seed", "0", "--lr", "0.01"]))  # same name, replaced on request
+    assert json.loads((tmp_path / "w" / f"{name}.log.json").read_text())["args"]["overwrite"] is True
+
+
+def test_a_smoke_run_never_takes_the_reference_name(cifar10_root, tmp_path):
+    main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
+    assert not (tmp_path / "w" / "cifar10_vgg11.pt").exists()
+
+
+def test_the_three_gsem_scripts_in_a_row_keep_three_models(cifar10_root, tmp_path):
+    argv = ["--dataset_name", "cifar10", "--data_path", cifar10_root, "--no-verify_data", "--model_save_path",
+            str(tmp_path), "--subset", "8", "--batch_size", "4", "--epochs", "1", "--reload", "1", "--gra_eot_num", "1",
+            "--att_eot_num", "1", "--attack_steps", "1", "--workers", "0", "--no_bar", "--best_acc", "-1"]
+    scripts = (train_gsem, train_gsem_mart, train_gsem_awp)
+    files = [script.main(script.get_args(argv))["best_file"] for script in scripts]
+    assert len(set(files)) == 3 and all(os.path.isfile(f) for f in files)
+    names = [os.path.basename(f) for f in files]
+    assert names[0].startswith("GSeMResNet18_6_4_epochs1") and "_mart_" in names[1] and "_awp_" in names[2]
+    lasts = [f for f in os.listdir(tmp_path / "cifar10") if f.endswith(".last.pt")]
+    assert len(lasts) == 3
+
+
+# --- the checkpoint is the source of truth --------------------------------------------------------------------------
+
+def test_a_normalised_checkpoint_is_evaluated_normalised_without_the_flag(cifar10_root, tmp_path, capsys):
+    main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0", "--normalize")))
+    ckpt = str(tmp_path / "w" / "cifar10_vgg11_norm_epochs1_batch_size8_subset16.pt")
+    plain = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt)))
+    flagged = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt, "--normalize")))
+    assert plain["args"]["normalize"] is True and plain["val_acc"] == flagged["val_acc"]
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt,
+                                                                           "--no-normalize"))))
+    assert "--normalize False contradicts the checkpoint" in err
+
+
+# --- outputs checked before work --------------------------------------------------------------------------------------
+
+def test_an_unwritable_output_folder_fails_before_any_epoch(cifar10_root, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setattr(training, "train_one_epoch", lambda *a, **k: pytest.fail("training started"))
+    err = exit_2(capsys, lambda: main.main(main.get_args(
+        fgr_args(cifar10_root, tmp_path, "--weight_path", str(tmp_path / "file" / "w")))))
+    assert "cannot write to the output folder" in err and "file" in err
+    sd = build_model("vgg11", 10).state_dict()
+    torch.save(sd, tmp_path / "ok.pt")
+    monkeypatch.setattr(evaluate, "attack_accuracy", lambda *a, **k: pytest.fail("an attack started"))
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(
+        cifar10_root, tmp_path, "--checkpoint", str(tmp_path / "ok.pt"), "--result_path", str(tmp_path / "file" / "r")))))
+    assert "cannot write to the output folder" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_fails_before_any_epoch(cifar10_root, tmp_path, capsys):
+    (tmp_path / "w").mkdir()
+    os.chmod(tmp_path / "w", 0o555)
+    err = exit_2(capsys, lambda: main.main(main.get_args(fgr_args(cifar10_root, tmp_path))))
+    assert "cannot write to the output folder" in err
+
+
+# --- safe data -------------------------------------------------------------------------------------------------------
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_tampered_cifar_file_is_named_and_runs_nothing(cifar10_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(cifar10_root, "cifar10"), root)
+    marker = tmp_path / "pwned"
+    with open(root / "cifar-10-batches-py" / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": Payload(marker)}, f, protocol=2)
+    with pytest.raises(UserError, match=r"batches.meta is not a CIFAR data file .*posix.system is not allowed"):
+        load_dataset("cifar10", str(root), False, verify=False)
+    with pytest.raises(UserError, match="fails its MD5 check"):  # the default: the official files' MD5 sums
+        load_dataset("cifar10", str(root), False)
+    assert not marker.exists()
+
+
+def test_the_official_md5_check_is_on_by_default_and_names_the_file(cifar10_root, tmp_path, capsys):
+    argv = [a for a in fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0") if a != "--no-verify_data"]
+    err = exit_2(capsys, lambda: main.main(main.get_args(argv)))
+    assert "data_batch_1 fails its MD5 check" in err and "--no-verify_data" in err
+
+
+# --- command lines ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda m: m.__name__)
+def test_help_shows_the_defaults(script, capsys):
+    argv = ["--model_load_path", "x.pt"] if script is evaluate_gsem else []
+    with pytest.raises(SystemExit):
+        script.get_args(argv + ["--help"])
+    text = capsys.readouterr().out
+    assert text.count("(default: ") >= 10
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--fgr_lamb", "inf"], "must be a finite number"),
+    (["--fgr_lamb", "-1"], "must be a number >= 0"),
+    (["--rs_sigma", "8"], "124 px at 32x32"),
+])
+def test_a_bad_fgr_flag_is_one_line(argv, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        main.get_args(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and expected in err and err.count("\n") == 1 and "--help" in err
+
+
+@pytest.mark.parametrize("script,argv,expected", [
+    (evaluate, ["--flow_eps", "8"], "124 px at 32x32"),
+    (evaluate_gsem, ["--model_load_path", "x.pt", "--eps", "0.031"], "looks like a fraction: use 7.905"),
+    (train_gsem, ["--eps", "0.03"], "in 1/255 units"),
+])
+def test_units_are_checked(script, argv, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        script.get_args(argv)
+    assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_every_argparse_flag_has_a_help_text():
+    import argparse
+
+    for script in SCRIPTS:
+        captured = {}
+        real = argparse.ArgumentParser.parse_args
+
+        def grab(self, *a, **k):
+            captured["parser"] = self
+            return real(self, *a, **k)
+
+        argparse.ArgumentParser.parse_args = grab
+        try:
+            script.get_args(["--model_load_path", "x.pt"] if script is evaluate_gsem else [])
+        finally:
+            argparse.ArgumentParser.parse_args = real
+        for action in captured["parser"]._actions:
+            assert action.help, f"{script.__name__}: {action.option_strings} has no help"
+
+
+def test_a_subset_larger_than_the_data_is_said(cifar10_root, tmp_path, capsys):
+    main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0", "--subset", "100000")))
+    assert "--subset 100000 is more than the" in capsys.readouterr().out
+
+
+def test_ctrl_c_is_one_line_that_says_how_to_resume(cifar10_root, tmp_path, capsys, monkeypatch):
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train_one_epoch", interrupt)
+    with pytest.raises(SystemExit) as e:
+        main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and "--resume" in err and "\n" not in err and "Traceback" not in err

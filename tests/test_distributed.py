@@ -60,6 +60,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lamb", [0.0, 50.0])  # plain CE, and FGR (double backward through DDP)
 def test_ddp_step_equals_single_process_step(lamb, tmp_path):
     out = str(tmp_path / "ddp.pt")

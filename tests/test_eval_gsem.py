@@ -140,6 +140,7 @@ def test_seed_command_parses_and_defaults_are_the_reference_settings():
     assert (s["AA"]["iterations"], s["AA"]["queries"], s["AA"]["n_target_classes"]) == (10, 5000, 9)
 
 
+@pytest.mark.slow
 def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem_checkpoint, tmp_path, capsys,
                                                              monkeypatch):
     record = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
@@ -167,6 +168,7 @@ def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem
     assert ran == []  # everything was already done for this checkpoint and these settings
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_keeps_the_earlier_rows(cifar10_root, gsem_checkpoint, tmp_path):
     first = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
         cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "Clean", "PGD500", "--no-sanity_checks")))

@@ -49,6 +49,7 @@ def test_seed_commands_parse_and_defaults_are_the_reference_recipe(method):
     assert SCRIPTS[method].get_args(["--no-use_amp"]).use_amp is False
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
 @pytest.mark.parametrize("method", list(SCRIPTS))
 def test_one_epoch_produces_a_loadable_reference_named_checkpoint(method, dataset, cifar10_root, cifar100_root,
@@ -68,6 +69,7 @@ def test_one_epoch_produces_a_loadable_reference_named_checkpoint(method, datase
     assert os.path.isfile(tmp_path / dataset / f"{run}.log.json")
 
 
+@pytest.mark.slow
 def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_path):
     carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--reload", "2")))
     files = sorted(f for f in os.listdir(tmp_path / "cifar10") if f.endswith(".pt") and "last" not in f)
@@ -76,6 +78,7 @@ def test_reload_restarts_from_best_and_keeps_one_best_file(cifar10_root, tmp_pat
     assert reloads == [0, 1]
 
 
+@pytest.mark.slow
 def test_interrupted_reload_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch):
     argv = ["--reload", "2", "--best_acc", "-1"]
     train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path / "full", *argv)))
@@ -123,6 +126,7 @@ def test_bad_inputs_give_clear_messages(cifar10_root, tmp_path, capsys):
     assert "--val_split" in err
 
 
+@pytest.mark.slow
 def test_val_split_selects_on_held_out_training_images(cifar10_root, tmp_path):
     carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--val_split", "20",
                                                       "--subset", "0", "--batch_size", "40")))

@@ -41,18 +41,24 @@ def test_fgr_equals_direct_computation(sampler, train_mode):
     assert r.item() == pytest.approx(direct_fgr(model, x, y).item(), rel=1e-4)
 
 
-def test_native_penalty_matches_reference_gather_semantics():
-    model = tiny_model()
-    torch.manual_seed(2)
-    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
-    _, r_g, _ = flow_gradient_penalty(model, x, y, sampler="gather")
-    _, r_n, _ = flow_gradient_penalty(model, x, y, sampler="native")
-    assert abs(r_n.item() - r_g.item()) <= 1e-4 * r_g.item()
-    params = list(model.parameters())
-    grads_g = torch.autograd.grad(flow_gradient_penalty(model, x, y, sampler="gather")[1], params)
-    grads_n = torch.autograd.grad(flow_gradient_penalty(model, x, y, sampler="native")[1], params)
-    a, b = torch.cat([g.flatten() for g in grads_g]), torch.cat([g.flatten() for g in grads_n])
-    assert (a - b).norm() <= 1e-3 * a.norm()
+@pytest.mark.parametrize("batch", [8, pytest.param(128, marks=pytest.mark.slow)])
+def test_native_penalty_equals_the_gather_sampler_on_vgg11(batch):
+    """The native sampler's R and the weight gradient of CE + 300 R agree with the authors' gather sampler within
+    1e-4 relative: VGG-11, train mode, float32 (measured 3e-5 at batch 8 and 128)."""
+    from models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vgg11", 10).train()
+    x, y = torch.rand(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    out = {}
+    for sampler in ("gather", "native"):
+        model.zero_grad()
+        loss, _, terms = gradient_regularized(model, x, y, x, reg="fgr", lamb=300.0, rs_sigma=0.0, sampler=sampler)
+        loss.backward()
+        out[sampler] = terms["reg"].item(), torch.cat([p.grad.flatten() for p in model.parameters()])
+    (r_g, g_g), (r_n, g_n) = out["gather"], out["native"]
+    assert abs(r_n - r_g) <= 1e-4 * r_g
+    assert (g_n - g_g).norm() <= 1e-4 * g_g.norm()
 
 
 def test_fgr_reduction_scales_as_inverse_batch_squared():

@@ -118,6 +118,7 @@ def test_a_smoke_run_never_takes_the_reference_name(cifar10_root, tmp_path):
     assert not (tmp_path / "w" / "cifar10_vgg11.pt").exists()
 
 
+@pytest.mark.slow
 def test_the_three_gsem_scripts_in_a_row_keep_three_models(cifar10_root, tmp_path):
     argv = ["--dataset_name", "cifar10", "--data_path", cifar10_root, "--no-verify_data", "--model_save_path",
             str(tmp_path), "--subset", "8", "--batch_size", "4", "--epochs", "1", "--reload", "1", "--gra_eot_num", "1",

@@ -135,6 +135,7 @@ def test_flag_out_of_range_is_rejected(capsys):
     assert e.value.code == 2 and "must be a number >= 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data,workers", [("--no-device_data", "0"), ("--no-device_data", "2"), ("--device_data", "0")])
 def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monkeypatch, data, workers):
     """Both data paths (torchvision loader with and without worker processes, dataset on the device) resume

@@ -22,7 +22,8 @@ def flow_gradient_penalty(model, x, y, sampler: str = "auto", create_graph: bool
         x: B x C x H x W images in [0, 1]; y: B labels.
         sampler: 'gather' (the reference's sampler), 'native' (``F.grid_sample`` with border padding at
             identity + 1e-6, which reproduces the gather sampler's one-sided differences and its zero gradient in the
-            last row/column), or 'auto' (native where its double backward works, else gather).
+            last row/column, value-corrected to the gather sampler's value), or 'auto' (native where its double
+            backward works, else gather).
         create_graph: keep the graph of the flow gradient so R can be backpropagated into the weights.
     Returns:
         ``(ce, R, logits)``: batch-mean cross-entropy, ``mean_b sum_{h,w,k} (dCE/dn)^2``, and the logits.
@@ -31,7 +32,14 @@ def flow_gradient_penalty(model, x, y, sampler: str = "auto", create_graph: bool
     b, _, h, w = x.shape
     n = torch.zeros(b, h, w, 2, dtype=x.dtype, device=x.device, requires_grad=True)
     if sampler == "native":
-        z = warp(x, n + GATHER_EQUIVALENT_OFFSET, padding_mode="border")
+        # Evaluated at identity + offset, grid_sample's grid gradient is the gather sampler's one-sided difference,
+        # but its value is x shifted by the offset. The value is replaced (without gradient) by the gather sampler's
+        # own, which is x up to the float32 rounding of the identity grid (~1e-6; train-mode BatchNorm at batch 128
+        # turns even that into a 3e-3 difference of the weight gradient), so R and its weight gradient match.
+        with torch.no_grad():
+            shifted = warp(x, n + GATHER_EQUIVALENT_OFFSET, padding_mode="border")
+            value = warp(x, n, sampler="gather")
+        z = value + (warp(x, n + GATHER_EQUIVALENT_OFFSET, padding_mode="border") - shifted)
     else:
         z = warp(x, n, sampler="gather")
     logits = model(z)

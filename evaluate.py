@@ -38,13 +38,22 @@ def get_args(argv=None):
     p.add_argument("--batch_size", type=positive_int, default=128, help="evaluation batch size")
     p.add_argument("--attacks", type=str, nargs="+", default=["flow"], choices=list_attacks(),
                    help="attacks to run, from the registry (default: flow, as the reference)")
-    p.add_argument("--stadv_tau", type=nonneg_float, default=0.05, help="stAdv smoothness weight tau")
-    p.add_argument("--stadv_steps", type=positive_int, default=100, help="stAdv L-BFGS iteration cap")
+    p.add_argument("--stadv_tau", type=nonneg_float, default=0.05,
+                   help="stAdv smoothness weight tau where its per-example search starts (the paper's)")
+    p.add_argument("--stadv_steps", type=positive_int, default=50, help="stAdv Adam iterations per search round")
+    p.add_argument("--stadv_search_steps", type=positive_int, default=4,
+                   help="stAdv rounds of the search over tau (1 = fixed tau, as the paper)")
+    p.add_argument("--stadv_lr", type=positive_float, default=0.02, help="stAdv Adam step, pixels")
+    p.add_argument("--stadv_init_std", type=nonneg_float, default=0.0,
+                   help="std (pixels) of stAdv's random initial flow (0 = zero flow)")
     p.add_argument("--adef_sigma", type=nonneg_float, default=0.5, help="ADef Gaussian smoothing, pixels")
     p.add_argument("--adef_overshoot", type=positive_float, default=1.2, help="ADef overshoot eta")
     p.add_argument("--adef_steps", type=positive_int, default=100, help="ADef iteration cap")
     p.add_argument("--adef_candidates", type=positive_int, default=9, help="ADef candidate classes per iteration")
     p.add_argument("--adef_max_norm", type=positive_float, default=None, help="ADef T-norm budget, pixels (none)")
+    p.add_argument("--adef_variant", type=str, default="official", choices=["official", "improved"],
+                   help="official: the ADef code's stopping rule, candidates fixed from the clean image, its kernel "
+                        "size; improved: iterate to the cap, re-rank candidates every iteration")
     args = p.parse_args(argv)
     args.explicit = sorted(explicit_flags(p, argv))  # flags given, to tell them from the checkpoint's settings
     return args
@@ -54,8 +63,11 @@ def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
     """The registry's configuration from this script's flags."""
     return AttackConfig(seed=args.seed, n_classes=n_classes, flow_eps=args.flow_eps, flow_steps=args.steps,
                         image_size=image_size, stadv_tau=args.stadv_tau, stadv_steps=args.stadv_steps,
-                        adef_sigma=args.adef_sigma, adef_overshoot=args.adef_overshoot, adef_steps=args.adef_steps,
-                        adef_candidates=args.adef_candidates, adef_max_norm=args.adef_max_norm)
+                        stadv_search_steps=args.stadv_search_steps, stadv_lr=args.stadv_lr,
+                        stadv_init_std=args.stadv_init_std, adef_sigma=args.adef_sigma,
+                        adef_overshoot=args.adef_overshoot, adef_steps=args.adef_steps,
+                        adef_candidates=args.adef_candidates, adef_max_norm=args.adef_max_norm,
+                        adef_variant=args.adef_variant)
 
 
 def table(record) -> list[str]:

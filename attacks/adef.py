@@ -4,7 +4,7 @@ Each iteration linearises the classifier around the current deformed image y = x
 class k (the next most likely classes), solves for the smallest vector field that moves the logit difference
 f_k = F_k - F_l to 0 through the image gradient: alpha_k(p) = (sum_c g_c(p) d1_c(p), sum_c g_c(p) d2_c(p)), with g the
 input gradient of f_k and d1, d2 the image's x/y finite differences; with smoothing sigma > 0 the step is
--f_k * S(S alpha) / ||S alpha||^2 (S: Gaussian filter, support 2 round(4 sigma) + 1, zero padding). The candidate with
+-f_k * S(S alpha) / ||S alpha||^2 (S: Gaussian filter, zero padding). The candidate with
 the smallest T-norm (largest displacement length) is taken; the field accumulates and every iterate is recomputed
 from the original image (bilinear warp, border padding, shared warp helper). Failed points and points left on a
 decision boundary get the overshoot: tau is scaled by min(eta, max_norm / ||tau||_T) when that is >= 1.
@@ -26,11 +26,12 @@ from utils.flow import pixel_flow_to_normalized, warp
 from .base import Attack
 
 
-def gaussian_filter(field: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable normalised Gaussian filter on each channel of B x C x H x W, zero padding."""
+def gaussian_filter(field: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable normalised Gaussian filter on each channel of B x C x H x W, zero padding, support
+    ``2 * radius + 1`` (default ``round(4 sigma)``)."""
     if sigma <= 0:
         return field
-    radius = int(round(4 * sigma))
+    radius = int(round(4 * sigma)) if radius is None else radius
     t = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
     k = torch.exp(-t.pow(2) / (2 * sigma * sigma))
     k = k / k.sum()
@@ -46,14 +47,25 @@ def t_norm(tau: torch.Tensor) -> torch.Tensor:
 
 class ADef(Attack):
     """Args: sigma (smoothing, px), overshoot (eta), steps (iteration cap), candidates (number of next most likely
-    classes tried per iteration), max_norm (T-norm budget in px, or None)."""
+    classes tried per iteration), max_norm (T-norm budget in px, or None), variant:
+
+    - ``official`` (default): as the authors' ADef code: a point stops once its field's T-norm changes by at most
+      1e-10, the candidate classes are fixed from the clean image's ranking, the kernel has support
+      ``2 * int(4 sigma + 0.5) + 1``;
+    - ``improved``: a point iterates until it is fooled or no candidate fits the budget, the candidates are re-ranked
+      at every iteration (it fools slightly more), support ``2 * round(4 sigma) + 1``.
+
+    Either way an iteration runs only on the points still classified correctly and still moving."""
 
     produces_flow = True
 
-    def __init__(self, model, sigma=0.5, overshoot=1.2, steps=100, candidates=9, max_norm=None):
+    def __init__(self, model, sigma=0.5, overshoot=1.2, steps=100, candidates=9, max_norm=None, variant="official"):
         super().__init__(model)
+        if variant not in ("official", "improved"):
+            raise ValueError(f"unknown ADef variant {variant!r}; use 'official' or 'improved'")
         self.sigma, self.overshoot, self.steps = sigma, overshoot, int(steps)
-        self.candidates, self.max_norm = int(candidates), max_norm
+        self.candidates, self.max_norm, self.variant = int(candidates), max_norm, variant
+        self.radius = int(4 * sigma + 0.5) if variant == "official" else int(round(4 * sigma))
         self.last_flow = self.last_success = None
 
     def _warp(self, x, tau):
@@ -61,37 +73,50 @@ class ADef(Attack):
 
     def perturb(self, x, y):
         b, _, h, w = x.shape
+        official = self.variant == "official"
         tau = torch.zeros(b, 2, h, w, device=x.device, dtype=x.dtype)
-        n_cand = min(self.candidates, self.model(x[:1]).shape[1] - 1)
         max_norm = math.inf if self.max_norm is None else self.max_norm
+        with torch.no_grad():
+            clean = self.model(x)
+        n_cand = min(self.candidates, clean.shape[1] - 1)
+        ranked_clean = clean.masked_fill(F.one_hot(y, clean.shape[1]).bool(), float("-inf")).argsort(
+            1, descending=True)[:, :n_cand]
+        active = torch.ones(b, dtype=torch.bool, device=x.device)
         for _ in range(self.steps):
-            xd = self._warp(x, tau).detach().requires_grad_(True)
-            logits = self.model(xd)
-            active = logits.argmax(1) == y
-            if not active.any():
+            idx = active.nonzero().squeeze(1)  # only the points still classified correctly and still moving
+            if idx.numel() == 0:
                 break
+            xd = self._warp(x[idx], tau[idx]).detach().requires_grad_(True)
+            logits = self.model(xd)
+            correct = logits.argmax(1) == y[idx]
             d1 = torch.gradient(xd.detach(), dim=3)[0]  # x-derivative: central inside, one-sided at the edges
             d2 = torch.gradient(xd.detach(), dim=2)[0]
-            others = logits.detach().masked_fill(F.one_hot(y, logits.shape[1]).bool(), float("-inf"))
-            ranked = others.argsort(1, descending=True)[:, :n_cand]
-            label_logit = logits.gather(1, y.unsqueeze(1)).squeeze(1)
-            best = tau.clone()
-            best_norm = torch.full((b,), math.inf, device=x.device, dtype=x.dtype)
+            if official:  # the candidates of the clean image, as the ADef code
+                ranked = ranked_clean[idx]
+            else:
+                others = logits.detach().masked_fill(F.one_hot(y[idx], logits.shape[1]).bool(), float("-inf"))
+                ranked = others.argsort(1, descending=True)[:, :n_cand]
+            label_logit = logits.gather(1, y[idx].unsqueeze(1)).squeeze(1)
+            old = tau[idx]
+            best, best_norm = old.clone(), torch.full((idx.numel(),), math.inf, device=x.device, dtype=x.dtype)
             for j in range(n_cand):
                 fk = logits.gather(1, ranked[:, j:j + 1]).squeeze(1) - label_logit  # negative while correct
                 (g,) = torch.autograd.grad(fk.sum(), xd, retain_graph=j < n_cand - 1)
                 alpha = torch.stack([(g * d1).sum(1), (g * d2).sum(1)], dim=1)
-                beta = gaussian_filter(alpha, self.sigma)
-                direction = gaussian_filter(beta, self.sigma)
+                beta = gaussian_filter(alpha, self.sigma, self.radius)
+                direction = gaussian_filter(beta, self.sigma, self.radius)
                 denom = beta.pow(2).flatten(1).sum(1).clamp_min(1e-20)
-                cand = tau - (fk.detach() / denom).view(-1, 1, 1, 1) * direction
+                cand = old - (fk.detach() / denom).view(-1, 1, 1, 1) * direction
                 norm = t_norm(cand)
-                take = active & (norm < best_norm) & (norm <= max_norm)
+                take = correct & (norm < best_norm) & (norm <= max_norm)
                 best = torch.where(take.view(-1, 1, 1, 1), cand, best)
                 best_norm = torch.where(take, norm, best_norm)
-            if torch.equal(best, tau):
-                break  # nothing changes (all candidates over budget)
-            tau = best
+            tau[idx] = best
+            if official:  # the ADef code stops once the field's T-norm no longer changes
+                moving = (t_norm(best) - t_norm(old)).abs() > 1e-10
+            else:  # iterate until fooled or until no candidate fits the budget
+                moving = ~torch.eq(best, old).flatten(1).all(1)
+            active[idx] = correct & moving
         with torch.no_grad():
             logits = self.model(self._warp(x, tau))
             top2 = logits.topk(2, dim=1)[0]

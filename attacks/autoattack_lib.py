@@ -69,10 +69,12 @@ def fab_targeted(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, seed=
                                        targeted=True, n_target_classes=n_target_classes, eot_iter=eot_iter))
 
 
-def square(model, *, eps=8 / 255, queries=5000, restarts=1, seed=0):
-    """Square Attack (Andriushchenko et al., ECCV 2020), L-inf, gradient-free, library class (p_init 0.8)."""
+def square(model, *, eps=8 / 255, queries=5000, restarts=1, seed=0, resc_schedule=True):
+    """Square Attack (Andriushchenko et al., ECCV 2020), L-inf, gradient-free, library class (p_init 0.8).
+    ``resc_schedule=True`` (the GSeM authors' torchattacks default) rescales the square-size schedule to the number of
+    queries, so with 5,000 queries p halves twice as fast as AutoAttack's standard 10,000-query schedule."""
     return LibraryAttack(model, SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8,
-                                             n_restarts=restarts, seed=seed, resc_schedule=False))
+                                             n_restarts=restarts, seed=seed, resc_schedule=resc_schedule))
 
 
 class LibraryAutoAttack(Attack):

@@ -23,5 +23,5 @@ class Attack:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(self.model):
+        with eval_mode(self.model), torch.enable_grad():  # gradients even when called under torch.no_grad()
             return self.perturb(x.detach(), y.detach())

@@ -9,8 +9,9 @@ Intensity attacks under the GSeM reference's names (corrected gradient, EOT over
   PGD500    L-inf 8/255, step 2/255, 500 steps, random start, EOT, last iterate
   CW100     L2 Carlini-Wagner, 500 steps (sic), c 1, kappa 0, Adam lr 0.01, EOT, NO norm bound
   APGD500   APGD-CE, 500 steps, 50 restarts, EOT, rho 0.75 (pyautoattack's class)
-  AA        APGD-CE (10 it.) -> APGD-T (10 it., 9 targets) -> FAB-T (10 it., 9 targets) -> Square (5000 queries);
-            EOT for the gradient stages; each stage only on points still robust
+  AA        APGD-CE (10 it.) -> APGD-T (10 it., 9 targets) -> FAB-T (10 it., 9 targets) -> Square (5000 queries,
+            schedule rescaled to them as torchattacks' default); EOT for the gradient stages; each stage only on
+            points still robust; every stage seeded with ``seed`` (the authors' stages used time-based seeds)
 and extras: AA-standard / AA-rand (the library's AutoAttack), CWinf (100-step PGD on the CW margin loss, L-inf),
 PGD-uncorrected (PGD500 with the masked gradient).
 """
@@ -40,9 +41,10 @@ class AttackConfig:
     gradient),
     ``seed``, ``n_classes``, ``batched_eot`` / ``eot_batch`` / ``amp`` (speed: same expectation).
     Deformation attacks: ``flow_eps`` (L-inf flow budget, normalised align_corners=True units: 0.01 = 0.155 px at
-    32 x 32), ``flow_steps``, ``image_size`` (px, to report budgets in pixels), stAdv's ``stadv_tau`` and
-    ``stadv_steps``, ADef's ``adef_sigma`` (px), ``adef_overshoot``, ``adef_steps``, ``adef_candidates`` and
-    ``adef_max_norm`` (T-norm budget in px, None = none).
+    32 x 32), ``flow_steps``, ``image_size`` (px, to report budgets in pixels), stAdv's ``stadv_tau`` (where its
+    search starts), ``stadv_steps`` (Adam iterations per round), ``stadv_search_steps``, ``stadv_lr`` (px) and
+    ``stadv_init_std`` (px), ADef's ``adef_sigma`` (px), ``adef_overshoot``, ``adef_steps``, ``adef_candidates``,
+    ``adef_max_norm`` (T-norm budget in px, None = none) and ``adef_variant`` (``official`` or ``improved``).
     """
     eps: float = 8 / 255
     eot_iter: int = 1
@@ -56,12 +58,16 @@ class AttackConfig:
     flow_steps: int = 100
     image_size: int = 32
     stadv_tau: float = 0.05
-    stadv_steps: int = 100
+    stadv_steps: int = 50
+    stadv_search_steps: int = 4
+    stadv_lr: float = 0.02
+    stadv_init_std: float = 0.0
     adef_sigma: float = 0.5
     adef_overshoot: float = 1.2
     adef_steps: int = 100
     adef_candidates: int = 9
     adef_max_norm: float | None = None
+    adef_variant: str = "official"
 
 
 def scaled(n: int, factor: float) -> int:
@@ -93,16 +99,18 @@ def flow(model, cfg):
 
 
 def stadv(model, cfg):
-    s = dict(tau=cfg.stadv_tau, steps=scaled(cfg.stadv_steps, cfg.steps_scale), kappa=0.0, targeted=False,
-             budget=None, neighbours=4, optimizer="L-BFGS (strong Wolfe)")
-    return StAdv(model, tau=cfg.stadv_tau, steps=s["steps"]), s
+    s = dict(tau=cfg.stadv_tau, steps=scaled(cfg.stadv_steps, cfg.steps_scale), search_steps=cfg.stadv_search_steps,
+             lr=cfg.stadv_lr, init_std=cfg.stadv_init_std, kappa=0.0, targeted=False, budget=None, neighbours=4,
+             optimizer="Adam per example, C&W-style search over tau")
+    return StAdv(model, tau=cfg.stadv_tau, steps=s["steps"], search_steps=cfg.stadv_search_steps, lr=cfg.stadv_lr,
+                 init_std=cfg.stadv_init_std), s
 
 
 def adef(model, cfg):
     s = dict(sigma_pixels=cfg.adef_sigma, overshoot=cfg.adef_overshoot, steps=scaled(cfg.adef_steps, cfg.steps_scale),
-             candidates=cfg.adef_candidates, max_tnorm_pixels=cfg.adef_max_norm)
+             candidates=cfg.adef_candidates, max_tnorm_pixels=cfg.adef_max_norm, variant=cfg.adef_variant)
     return ADef(model, sigma=cfg.adef_sigma, overshoot=cfg.adef_overshoot, steps=s["steps"],
-                candidates=cfg.adef_candidates, max_norm=cfg.adef_max_norm), s
+                candidates=cfg.adef_candidates, max_norm=cfg.adef_max_norm, variant=cfg.adef_variant), s
 
 
 def pgd500(model, cfg, corrected=True):
@@ -134,7 +142,7 @@ def apgd500(model, cfg):
 def autoattack_reference(model, cfg):
     it, q, n_targets = scaled(10, cfg.steps_scale), scaled(5000, cfg.steps_scale), min(9, cfg.n_classes - 1)
     s = dict(norm="Linf", eps=cfg.eps, stages=["APGD-CE", "APGD-T", "FAB-T", "Square"], iterations=it, queries=q,
-             eot_iter=cfg.eot_iter, n_target_classes=n_targets, seed=cfg.seed)
+             square_resc_schedule=True, eot_iter=cfg.eot_iter, n_target_classes=n_targets, seed=cfg.seed)
     common = dict(eps=cfg.eps, steps=it, restarts=1, eot_iter=cfg.eot_iter, seed=cfg.seed)
     return MultiAttack(model, [
         ("APGD-CE", apgd(model, **common)),

@@ -1,4 +1,4 @@
-"""stAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018), batched, L-BFGS.
+"""stAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018), batched, per example.
 
 Minimises, over a per-pixel flow f in **pixels** (B x 2 x H x W, channel 0 horizontal),
     L_adv(x, f) + tau * L_flow(f)
@@ -6,14 +6,22 @@ with the C&W margin L_adv = max(Z_y - max_{i != y} Z_i + kappa, 0) (untargeted) 
 max(max_{i != t} Z_i - Z_t + kappa, 0) (targeted to t), and the flow smoothness
 L_flow = sum_p sum_{q in N(p)} sqrt(||f(p) - f(q)||^2 + 1e-8) over the 4-connected neighbours inside the image
 (per-pixel square root, Eq. 4). Warping is bilinear with border padding (coordinates clipped to the image), through
-the shared warp helper. torch.optim.LBFGS (strong Wolfe line search), at most ``steps`` iterations on the whole batch.
+the shared warp helper.
 
-Budget: none (stAdv is a minimum-deformation attack); the flow norms of each example are kept in ``last_flow``
-(normalised units, 1 px = 2 / (W - 1)) and ``last_success``. An example for which no misclassifying flow was found
-is returned unchanged (never zeros). Defaults tau = 0.05 (the usual stAdv setting; the FGR paper's is unconfirmed),
-kappa = 0, 100 L-BFGS iterations.
+The optimisation is per example: Adam steps on the flow (per-coordinate, so no example steers another's step, unlike
+one L-BFGS line search shared by the batch), and an example leaves the batch once it is fooled. The smoothness
+weight is searched per example as C&W search their constant: start at ``tau``; after a round that fooled the
+example, a smoother flow is tried (tau x 10 until a failure, then bisection), after a round that failed, a rougher one
+(tau / 10 until a success, then bisection). The smoothest fooling flow of all rounds is returned (the sqrt penalty
+acts like total variation, so a fixed tau either fools or gives up; the search makes the attack find the smoothest
+flow that succeeds instead of giving up). An example never fooled is returned unchanged.
+
+Units: ``last_flow`` holds the result in normalised align_corners=True units (1 px = 2 / (W - 1)), zero where the
+attack failed; ``last_success`` the per-example success.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -41,47 +49,70 @@ def margin_loss(logits, y, kappa=0.0, targeted=False):
 
 
 class StAdv(Attack):
-    """Args: tau (smoothness weight), steps (L-BFGS iteration cap), kappa (margin), targeted (then ``y`` holds the
-    targets), lr (L-BFGS step scale), history_size."""
+    """Args:
+        model: classifier on [0, 1] images.
+        tau: the smoothness weight the search starts from (the paper's 0.05).
+        steps: Adam iterations per search round, at most (an example stops as soon as it is fooled).
+        search_steps: rounds of the search over tau (1 = a fixed tau, as the paper).
+        lr: Adam step, pixels.
+        kappa: margin; targeted: then ``y`` holds the targets.
+        init_std: std (pixels) of a random initial flow (0 = zero flow).
+    """
 
     produces_flow = True
 
-    def __init__(self, model, tau=0.05, steps=100, kappa=0.0, targeted=False, lr=1.0, history_size=20):
+    def __init__(self, model, tau=0.05, steps=50, search_steps=4, lr=0.02, kappa=0.0, targeted=False,
+                 init_std=0.0):
         super().__init__(model)
-        self.tau, self.steps, self.kappa, self.targeted = tau, int(steps), kappa, targeted
-        self.lr, self.history_size = lr, history_size
+        self.tau, self.steps, self.search_steps, self.lr = tau, int(steps), int(search_steps), lr
+        self.kappa, self.targeted, self.init_std = kappa, targeted, init_std
         self.last_flow = self.last_success = None
 
-    def _succeeded(self, logits, y):
+    def _fooled(self, logits, y):
         pred = logits.argmax(1)
         return pred == y if self.targeted else pred != y
 
+    def _round(self, x, y, tau):
+        """One round of Adam at per-example ``tau``. Returns the first fooling flow of each example and a mask."""
+        b = x.shape[0]
+        f = torch.randn(b, 2, *x.shape[-2:], device=x.device, dtype=x.dtype) * self.init_std
+        m, v = torch.zeros_like(f), torch.zeros_like(f)
+        found, done = torch.zeros_like(f), torch.zeros(b, dtype=torch.bool, device=x.device)
+        beta1, beta2 = 0.9, 0.999
+        for t in range(1, self.steps + 1):
+            idx = (~done).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            fi = f[idx].requires_grad_(True)
+            logits = self.model(warp(x[idx], pixel_flow_to_normalized(fi), padding_mode="border"))
+            fooled = self._fooled(logits.detach(), y[idx])
+            found[idx[fooled]] = fi.detach()[fooled]
+            done[idx[fooled]] = True
+            loss = margin_loss(logits, y[idx], self.kappa, self.targeted) + tau[idx] * flow_smoothness(fi)
+            (g,) = torch.autograd.grad(loss.sum(), fi)
+            m[idx] = beta1 * m[idx] + (1 - beta1) * g
+            v[idx] = beta2 * v[idx] + (1 - beta2) * g * g
+            step = self.lr * (m[idx] / (1 - beta1 ** t)) / ((v[idx] / (1 - beta2 ** t)).sqrt() + 1e-12)
+            f[idx] = fi.detach() - step
+        return found, done
+
     def perturb(self, x, y):
-        b, _, h, w = x.shape
-        f = torch.zeros(b, 2, h, w, device=x.device, dtype=x.dtype, requires_grad=True)
-        best_f = torch.zeros_like(f)
-        best_smooth = torch.full((b,), float("inf"), device=x.device)
-        opt = torch.optim.LBFGS([f], lr=self.lr, max_iter=self.steps, history_size=self.history_size,
-                                line_search_fn="strong_wolfe")
-
-        def closure():
-            nonlocal best_f, best_smooth
-            opt.zero_grad()
-            logits = self.model(warp(x, pixel_flow_to_normalized(f), padding_mode="border"))
-            smooth = flow_smoothness(f)
-            loss = (margin_loss(logits, y, self.kappa, self.targeted) + self.tau * smooth).sum()
-            loss.backward()
-            with torch.no_grad():  # keep, per example, the smoothest flow that fooled the model so far
-                better = self._succeeded(logits, y) & (smooth < best_smooth)
-                best_smooth = torch.where(better, smooth, best_smooth)
-                best_f = torch.where(better.view(-1, 1, 1, 1), f.detach(), best_f)
-            return loss
-
-        if self.steps > 0:
-            opt.step(closure)
-        success = torch.isfinite(best_smooth)
-        flow = pixel_flow_to_normalized(best_f) * success.view(-1, 1, 1, 1)
+        b = x.shape[0]
+        tau = torch.full((b,), float(self.tau), device=x.device, dtype=x.dtype)
+        lo, hi = torch.zeros_like(tau), torch.full_like(tau, math.inf)  # tau known to fool / known to fail
+        best_f = torch.zeros(b, 2, *x.shape[-2:], device=x.device, dtype=x.dtype)
+        best_smooth = torch.full((b,), math.inf, device=x.device, dtype=x.dtype)
+        for _ in range(max(self.search_steps, 1) if self.steps > 0 else 0):
+            found, fooled = self._round(x, y, tau)
+            smooth = flow_smoothness(found)
+            better = fooled & (smooth < best_smooth)
+            best_smooth = torch.where(better, smooth, best_smooth)
+            best_f = torch.where(better.view(-1, 1, 1, 1), found, best_f)
+            lo, hi = torch.where(fooled, tau, lo), torch.where(fooled, hi, tau)
+            tau = torch.where(torch.isinf(hi), tau * 10, torch.where(lo > 0, (lo + hi) / 2, tau / 10))
         with torch.no_grad():
-            x_adv = torch.where(success.view(-1, 1, 1, 1), warp(x, flow, padding_mode="border").clamp(0, 1), x)
-        self.last_flow, self.last_success = flow, success
-        return x_adv
+            x_def = warp(x, pixel_flow_to_normalized(best_f), padding_mode="border").clamp(0, 1)
+            success = torch.isfinite(best_smooth) & self._fooled(self.model(x_def), y)
+        self.last_flow = pixel_flow_to_normalized(best_f) * success.view(-1, 1, 1, 1)
+        self.last_success = success
+        return torch.where(success.view(-1, 1, 1, 1), x_def, x)

@@ -84,3 +84,33 @@ def test_the_readme_examples_of_a_new_loss_and_a_new_attack_run(monkeypatch):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     loss, logits, terms = TrainStep(model, opt, LOSSES["trades"], make_input=attack)(x, y)
     assert torch.isfinite(loss) and set(terms) == {"kl"} and logits.shape == (4, 10)
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_zero_budget_or_zero_steps_is_the_identity(name):
+    from attacks import ADef, StAdv
+    from attacks.cw import CWL2
+
+    model = tiny_classifier().eval()
+    torch.manual_seed(2)
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    unbounded = {"CW100": lambda: CWL2(model, steps=0), "stadv": lambda: StAdv(model, steps=0),
+                 "adef": lambda: ADef(model, steps=0)}
+    if name in unbounded:  # minimum-norm attacks have no budget: zero iterations
+        attack = unbounded[name]()
+    else:
+        attack, _ = build_attack(name, model, AttackConfig(eps=0.0, flow_eps=0.0, eot_iter=1, steps_scale=0.01))
+    # a zero flow warps through the float32 identity grid, whose rounding moves a value by up to ~3e-6
+    assert torch.allclose(attack(x, y), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list_attacks())
+def test_already_misclassified_points_are_never_made_correct(name):
+    model = tiny_classifier().eval()
+    torch.manual_seed(3)
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        wrong = (model(x).argmax(1) + 1) % 10  # labels the model gets wrong on every point
+    attack, _ = build_attack(name, model, AttackConfig(eot_iter=1, steps_scale=0.01))
+    with torch.no_grad():
+        assert (model(attack(x, wrong)).argmax(1) != wrong).all()

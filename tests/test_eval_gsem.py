@@ -138,6 +138,9 @@ def test_seed_command_parses_and_defaults_are_the_reference_settings():
         (500, 1.0, 0.0, 0.01, False)
     assert (s["APGD500"]["steps"], s["APGD500"]["restarts"], s["APGD500"]["rho"]) == (500, 50, 0.75)
     assert (s["AA"]["iterations"], s["AA"]["queries"], s["AA"]["n_target_classes"]) == (10, 5000, 9)
+    aa, _ = build_attack("AA", tiny_gsem(), cfg)
+    square = dict(aa.attacks)["Square"].attack  # as the authors ran it: torchattacks' rescaled p schedule
+    assert square.rescale_schedule is True and square.n_queries == 5000
 
 
 @pytest.mark.slow

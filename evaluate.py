@@ -73,12 +73,13 @@ def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
 def table(record) -> list[str]:
     lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
              f"{100 * record['val_acc']:.2f}% on {record['n_examples']} test images", "",
-             "| attack | accuracy (%) | fooled / correct | T-norm of successful flows, px (mean / median) | settings |",
-             "|---|---|---|---|---|"]
+             "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
+             "| settings |", "|---|---|---|---|---|"]
     for label, r in record["attacks"].items():
         tn = f"{r['tnorm_px_mean']:.3f} / {r['tnorm_px_median']:.3f}" if r.get("tnorm_px_mean") is not None else "–"
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "units")
-        lines.append(f"| {label} | {100 * r['acc']:.2f} | {r['n_success']} / {r['n_clean_correct']} | {tn} | {sets} |")
+        lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['success_rate']:.1f} ({r['n_success']} / "
+                     f"{r['n_clean_correct']}) | {tn} | {sets} |")
     return lines
 
 
@@ -111,8 +112,10 @@ def main(args):
         t0 = time.time()
         r = attack_accuracy(model, loader, device, attack_name, attack, bar=args.bar)
         success = r["clean_flags"] & ~r["flags"]  # correct before, fooled after
+        n_correct = int(r["clean_flags"].sum())
         row = {"attack": attack_name, "acc": r["acc"], "clean_acc": r["clean"], "n_examples": n_examples,
-               "n_clean_correct": int(r["clean_flags"].sum()), "n_success": int(success.sum()), "settings": settings}
+               "n_clean_correct": n_correct, "n_success": int(success.sum()),
+               "success_rate": int(success.sum()) / max(n_correct, 1), "settings": settings}
         if "tnorm" in r:
             tnorm = r["tnorm"][success]
             row["tnorm_px_mean"] = tnorm.mean().item() if len(tnorm) else None
@@ -130,8 +133,8 @@ def main(args):
         if "tnorm" in r:
             median = row["tnorm_px_median"]
             flow_note = f"; median T-norm of successful flows {'-' if median is None else f'{median:.3f} px'}"
-        say(f"adv   - acc: {row['acc']:.4f}  ({label}: {row['n_success']} of {row['n_clean_correct']} correctly "
-            f"classified points fooled{flow_note})")
+        say(f"adv   - acc: {row['acc']:.4f}  ({label}: {100 * row['success_rate']:.1f}% success, {row['n_success']} of "
+            f"{row['n_clean_correct']} correctly classified points fooled{flow_note})")
         md = results.write(table(record))
     say(f"wrote {results.path} and {md}")
     return record

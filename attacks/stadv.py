@@ -60,6 +60,7 @@ class StAdv(Attack):
     """
 
     produces_flow = True
+    PATIENCE = 10  # steps without a 0.1 % improvement of the objective before an example leaves a round
 
     def __init__(self, model, tau=0.05, steps=50, search_steps=4, lr=0.02, kappa=0.0, targeted=False,
                  init_std=0.0):
@@ -73,11 +74,15 @@ class StAdv(Attack):
         return pred == y if self.targeted else pred != y
 
     def _round(self, x, y, tau):
-        """One round of Adam at per-example ``tau``. Returns the first fooling flow of each example and a mask."""
+        """One round of Adam at per-example ``tau``: an example leaves once fooled, or once its objective has not
+        improved by 0.1 % for ``PATIENCE`` steps. Returns the first fooling flow of each example and a mask."""
         b = x.shape[0]
         f = torch.randn(b, 2, *x.shape[-2:], device=x.device, dtype=x.dtype) * self.init_std
         m, v = torch.zeros_like(f), torch.zeros_like(f)
         found, done = torch.zeros_like(f), torch.zeros(b, dtype=torch.bool, device=x.device)
+        fooled_any = torch.zeros(b, dtype=torch.bool, device=x.device)
+        best = torch.full((b,), math.inf, device=x.device, dtype=x.dtype)
+        stall = torch.zeros(b, dtype=torch.long, device=x.device)
         beta1, beta2 = 0.9, 0.999
         for t in range(1, self.steps + 1):
             idx = (~done).nonzero().squeeze(1)
@@ -87,14 +92,18 @@ class StAdv(Attack):
             logits = self.model(warp(x[idx], pixel_flow_to_normalized(fi), padding_mode="border"))
             fooled = self._fooled(logits.detach(), y[idx])
             found[idx[fooled]] = fi.detach()[fooled]
-            done[idx[fooled]] = True
+            fooled_any[idx[fooled]] = True
             loss = margin_loss(logits, y[idx], self.kappa, self.targeted) + tau[idx] * flow_smoothness(fi)
+            improved = loss.detach() < best[idx] - 1e-3 * best[idx].abs().clamp_min(1e-12)
+            best[idx] = torch.minimum(best[idx], loss.detach())
+            stall[idx] = torch.where(improved, 0, stall[idx] + 1)
+            done[idx] = fooled | (stall[idx] >= self.PATIENCE)
             (g,) = torch.autograd.grad(loss.sum(), fi)
             m[idx] = beta1 * m[idx] + (1 - beta1) * g
             v[idx] = beta2 * v[idx] + (1 - beta2) * g * g
             step = self.lr * (m[idx] / (1 - beta1 ** t)) / ((v[idx] / (1 - beta2 ** t)).sqrt() + 1e-12)
             f[idx] = fi.detach() - step
-        return found, done
+        return found, fooled_any
 
     def perturb(self, x, y):
         b = x.shape[0]

@@ -131,7 +131,8 @@ def main(args):
     record = {"model": args.classifier_name, "dataset_name": args.dataset_name, "alpha": args.alpha, "beta": args.beta,
               "checkpoint": os.path.abspath(args.model_load_path),
               "checkpoint_sha256": file_sha256(args.model_load_path),
-              "device": str(device), "torch": torch.__version__, "args": vars(args), "warnings": []}
+              "device": str(device), "torch": torch.__version__, "train_args": ckpt.get("args"), "args": vars(args),
+              "warnings": []}
     results = ResultFile(os.path.join(args.result_path, f"{stem}_{args.dataset_name}_eval.json"), record, "results",
                          say)
 

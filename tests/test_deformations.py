@@ -99,8 +99,10 @@ def test_plot_command_writes_png_and_pdf(tmp_path, capsys):
     for lamb in (0, 100, 300):
         rec = {"val_acc": 0.9 - lamb / 3000, "adv_acc": 0.05 + lamb / 1000,
                "attacks": {"flow": {"acc": 0.05 + lamb / 1000}, "adef": {"acc": 0.01 + lamb / 2000}},
-               "args": {"fgr_lamb": float(lamb), "reg": "fgr", "adv_train": "none"}}
+               "args": {"fgr_lamb": float(lamb), "reg": "fgr", "adv_train": "none", "data_name": "cifar10",
+                        "model_name": "vgg11"}}
         (tmp_path / f"r{lamb}.json").write_text(json.dumps(rec))
+    assert plots.label_of(rec) == "cifar10 vgg11 FGR λ=300"  # dataset and model in every label
     plots.main(["--result_path", str(tmp_path), "--out", str(tmp_path / "fig" / "sweep.png"), "--reference"])
     png, pdf = tmp_path / "fig" / "sweep.png", tmp_path / "fig" / "sweep.pdf"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

@@ -144,6 +144,7 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
     if policy not in ("half", "adversarial"):
         raise ValueError(f"unknown input policy {policy!r}")
     args.classifier_name = check_model_name(args.classifier_name)
+    args.method = method  # stored with the checkpoint: evaluation and the results table tell the methods apart
     device, say = start_run(args)
     train_tf, test_tf = gsem_transforms()
     train_loader, test_loader, gen = make_loaders(

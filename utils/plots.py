@@ -14,8 +14,10 @@ import json
 import os
 import sys
 
+from .tables import PUBLISHED, run_of
+
 # the authors' result files (lambda: (clean, adversarial)), CIFAR-10 VGG-11, flow attack eps 0.01, K 100
-REFERENCE_POINTS = {0: (0.9027, 0.0641), 100: (0.8724, 0.4795), 200: (0.8602, 0.5306), 300: (0.8536, 0.5515)}
+REFERENCE_POINTS = {int(lam): v for (_, _, lam), v in PUBLISHED.items()}
 
 
 def load_results(result_path: str) -> list[dict]:
@@ -35,14 +37,12 @@ def load_results(result_path: str) -> list[dict]:
 
 
 def label_of(rec: dict) -> str:
-    a = rec.get("args", {})
-    lamb = a.get("fgr_lamb")
-    if lamb is None:
+    """``<dataset> <model> <method> <setting>`` (as the rows of ``utils.tables``)."""
+    pair = run_of(rec)
+    if pair is None:
         return rec["_file"][:-5]
-    parts = [f"{a.get('reg', 'fgr').upper()} λ={lamb:g}" if lamb else "plain"]
-    if a.get("adv_train", "none") != "none":
-        parts.append("+ AT")
-    return " ".join(parts)
+    run = pair[0]
+    return " ".join(str(v) for v in (run["dataset"], run["model"], run["method"], run["setting"]) if v)
 
 
 def plot(records: list[dict], out: str, reference: bool = False) -> list[str]:
@@ -58,7 +58,7 @@ def plot(records: list[dict], out: str, reference: bool = False) -> list[str]:
     for ax, attack in zip(axes[0], attacks):
         rows = [(100 * r["val_acc"], 100 * r["attacks"][attack]["acc"], label_of(r), r) for r in records
                 if attack in r["attacks"]]
-        rows.sort(key=lambda t: (t[3].get("args", {}).get("reg", ""), t[3].get("args", {}).get("fgr_lamb") or 0))
+        rows.sort(key=lambda t: t[2])
         for clean, adv, label, _ in rows:
             ax.scatter(clean, adv, s=36, zorder=3)
             ax.annotate(label, (clean, adv), textcoords="offset points", xytext=(4, 4), fontsize=8)

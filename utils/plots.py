@@ -30,7 +30,8 @@ def load_results(result_path: str) -> list[dict]:
         except (OSError, json.JSONDecodeError):
             continue
         if isinstance(rec, dict) and "val_acc" in rec and ("attacks" in rec or "adv_acc" in rec):
-            rec.setdefault("attacks", {"flow": {"acc": rec["adv_acc"]}})
+            if "attacks" not in rec:  # the reference's files: val_acc and adv_acc only
+                rec["attacks"] = {"flow": {"acc": rec["adv_acc"]}}
             rec["_file"] = os.path.basename(path)
             records.append(rec)
     return records

@@ -20,7 +20,7 @@ from attacks import AttackConfig, build_attack, list_attacks
 from utils.checkpoint import file_sha256, load_checkpoint
 from utils.cli import (Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name,
                        flow_budget, nonneg_float, positive_float, positive_int)
-from utils.data import dataset_stats, fgr_transforms, num_classes
+from utils.data import dataset_stats, fgr_transforms, num_channels, num_classes
 from utils.errors import cli_entry
 from utils.evaluation import adopt_checkpoint_settings, attack_accuracy, load_for_evaluation, test_loader
 from utils.results import ResultFile, ensure_writable, row_label
@@ -92,7 +92,8 @@ def main(args):
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("model_name", "data_name", "normalize", "augment"))
     n_classes = num_classes(args.data_name)
     normalize = dataset_stats(args.data_name) if args.normalize else None
-    model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device, normalize=normalize)
+    model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device, normalize=normalize,
+                                options={"in_channels": num_channels(args.data_name)})
     ensure_writable(args.result_path)
     loader, n_examples = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)

@@ -22,7 +22,7 @@ from attacks import AttackConfig, build_attack, list_attacks
 from utils.checkpoint import file_sha256, load_checkpoint
 from utils.cli import (Parser, add_bool, add_run_args, check_model_name, eps_255, explicit_flags, nonneg_int,
                        positive_float, positive_int)
-from utils.data import num_classes
+from utils.data import num_channels, num_classes
 from utils.errors import cli_entry
 from utils.evaluation import (adopt_checkpoint_settings, attack_accuracy, load_for_evaluation, sanity_checks,
                               test_loader)
@@ -37,7 +37,7 @@ def get_args(argv=None):
     p = Parser(__doc__)
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18", help="registry name of the model")
     p.add_argument("--dataset_name", type=str, default="cifar10",
-                   help="cifar10, cifar100, svhn or digits (built in, no download)")
+                   help="cifar10, cifar100, svhn, mnist, fashionmnist, or digits (built in, no download)")
     p.add_argument("--model_load_path", type=str, required=True,
                    help="checkpoint: this repository's format or the authors' bare state_dict")
     p.add_argument("--alpha", type=positive_int, default=6,
@@ -118,7 +118,8 @@ def main(args):
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("classifier_name", "dataset_name", "alpha", "beta"))
     n_classes = num_classes(args.dataset_name)
     model = load_for_evaluation(ckpt, args.model_load_path, args.classifier_name, n_classes, device,
-                                options={"alpha": args.alpha, "beta": args.beta}, amp=args.amp)
+                                options={"alpha": args.alpha, "beta": args.beta,
+                                         "in_channels": num_channels(args.dataset_name)}, amp=args.amp)
     ensure_writable(args.result_path)
     loader, n = test_loader(args.dataset_name, args.data_path, transforms.ToTensor(), n=args.n_examples,
                             batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)

@@ -18,7 +18,7 @@ from models import build_model
 from utils.checkpoint import Checkpointer
 from utils.cli import (Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name,
                        fgr_run_name, nonneg_float, positive_float, positive_int, settings_suffix)
-from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_classes
+from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_channels, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
 from utils.losses import LOSSES
@@ -72,7 +72,8 @@ def main(args):
         workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
         device_augment=device_aug, device=device, bar=args.bar)
     normalize = dataset_stats(args.data_name) if args.normalize else None
-    model = build_model(args.model_name, n_cls, normalize=normalize).to(device)
+    model = build_model(args.model_name, n_cls, normalize=normalize,
+                        options={"in_channels": num_channels(args.data_name)}).to(device)
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
     # evaluation use the plain module
     train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,

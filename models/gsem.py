@@ -84,9 +84,9 @@ def gradient_correction(model: nn.Module, enabled: bool):
 class GSeMResNet(ResNet):
     """CIFAR ResNet with GSeM(64) after the stem ReLU (keys: conv1, bn1, gsem_module, layer1..4, linear)."""
 
-    def __init__(self, num_blocks, num_classes=10, alpha=6, beta=4, gradient_correction=True):
+    def __init__(self, num_blocks, num_classes=10, alpha=6, beta=4, gradient_correction=True, in_channels=3):
         self._gsem_args = (alpha, beta, gradient_correction)
-        super().__init__(num_blocks, num_classes)
+        super().__init__(num_blocks, num_classes, in_channels)
 
     def stem_hook(self):
         self.gsem_module = GradSemiMaskModule(64, *self._gsem_args)
@@ -98,9 +98,10 @@ class GSeMResNet(ResNet):
 class GSeMWideResNet(WideResNet):
     """WRN with GSeM(64) on the raw (pre-BN) output of the 64-wide stem conv, as the reference."""
 
-    def __init__(self, depth, widen_factor, dropout_rate, num_classes=10, alpha=6, beta=4, gradient_correction=True):
+    def __init__(self, depth, widen_factor, dropout_rate, num_classes=10, alpha=6, beta=4, gradient_correction=True,
+                 in_channels=3):
         self._gsem_args = (alpha, beta, gradient_correction)
-        super().__init__(depth, widen_factor, dropout_rate, num_classes)
+        super().__init__(depth, widen_factor, dropout_rate, num_classes, in_channels=in_channels)
 
     def stem_hook(self):
         self.gsem_module = GradSemiMaskModule(64, *self._gsem_args)
@@ -110,10 +111,10 @@ class GSeMWideResNet(WideResNet):
 
 
 @register("GSeMResNet18")
-def gsem_resnet18(num_classes, alpha=6, beta=4, gradient_correction=True):
-    return GSeMResNet((2, 2, 2, 2), num_classes, alpha, beta, gradient_correction)
+def gsem_resnet18(num_classes, alpha=6, beta=4, gradient_correction=True, in_channels=3):
+    return GSeMResNet((2, 2, 2, 2), num_classes, alpha, beta, gradient_correction, in_channels)
 
 
 @register("GSeMWideResNet28x10")
-def gsem_wrn28_10(num_classes, alpha=6, beta=4, gradient_correction=True):
-    return GSeMWideResNet(28, 10, 0.0, num_classes, alpha, beta, gradient_correction)
+def gsem_wrn28_10(num_classes, alpha=6, beta=4, gradient_correction=True, in_channels=3):
+    return GSeMWideResNet(28, 10, 0.0, num_classes, alpha, beta, gradient_correction, in_channels)

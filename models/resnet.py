@@ -32,11 +32,11 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet. Subclasses (GSeM) add modules in ``stem_hook`` and override ``stem``."""
 
-    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10):
+    def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10, in_channels=3):
         super().__init__()
         self.input_norm = nn.Identity()
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.stem_hook()
         self.layer1 = self._make_layer(64, num_blocks[0], 1)
@@ -66,5 +66,5 @@ class ResNet(nn.Module):
 
 
 @register("resnet18")  # lookup is case-insensitive: ResNet18 works too
-def resnet18(num_classes):
-    return ResNet((2, 2, 2, 2), num_classes)
+def resnet18(num_classes, in_channels=3):
+    return ResNet((2, 2, 2, 2), num_classes, in_channels)

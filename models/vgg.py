@@ -16,10 +16,10 @@ CFG = {
 
 
 class VGG(nn.Module):
-    def __init__(self, cfg, num_classes=10):
+    def __init__(self, cfg, num_classes=10, in_channels=3):
         super().__init__()
         self.input_norm = nn.Identity()
-        layers, in_ch = [], 3
+        layers, in_ch = [], in_channels
         for v in cfg:
             if v == "M":
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
@@ -36,8 +36,8 @@ class VGG(nn.Module):
 
 
 def _factory(name):
-    def build(num_classes):
-        return VGG(CFG[name], num_classes)
+    def build(num_classes, in_channels=3):
+        return VGG(CFG[name], num_classes, in_channels)
 
     build.__name__ = name
     return build

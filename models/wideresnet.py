@@ -32,7 +32,7 @@ class WideBasic(nn.Module):
 class WideResNet(nn.Module):
     """WRN-depth-k. ``stem_hook`` lets subclasses add a module applied to the raw stem conv output."""
 
-    def __init__(self, depth=28, widen_factor=10, dropout_rate=0.0, num_classes=10, stem_width=64):
+    def __init__(self, depth=28, widen_factor=10, dropout_rate=0.0, num_classes=10, stem_width=64, in_channels=3):
         super().__init__()
         if (depth - 4) % 6:
             raise ValueError("WRN depth must be 6n+4")
@@ -40,7 +40,7 @@ class WideResNet(nn.Module):
         widths = [stem_width, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.input_norm = nn.Identity()
         self.in_planes = widths[0]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, stride=1, padding=1, bias=True)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=True)
         self.stem_hook()
         self.layer1 = self._make_layer(widths[1], n, dropout_rate, 1)
         self.layer2 = self._make_layer(widths[2], n, dropout_rate, 2)
@@ -69,5 +69,5 @@ class WideResNet(nn.Module):
 
 
 @register("wrn28_10", "WideResNet28x10")
-def wrn28_10(num_classes):
-    return WideResNet(28, 10, 0.0, num_classes)
+def wrn28_10(num_classes, in_channels=3):
+    return WideResNet(28, 10, 0.0, num_classes, in_channels=in_channels)

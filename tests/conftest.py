@@ -28,6 +28,7 @@ def cifar100_root(tmp_path_factory):
 def no_download(monkeypatch):
     """Tests never touch the network: a download attempt fails at once, as it does offline."""
     import torchvision.datasets.cifar as cifar
+    import torchvision.datasets.mnist as mnist
     import torchvision.datasets.svhn as svhn
     from urllib.error import URLError
 
@@ -36,3 +37,4 @@ def no_download(monkeypatch):
 
     monkeypatch.setattr(cifar, "download_and_extract_archive", refuse)
     monkeypatch.setattr(svhn, "download_url", refuse)
+    monkeypatch.setattr(mnist, "download_and_extract_archive", refuse)

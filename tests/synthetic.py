@@ -72,6 +72,24 @@ def write_svhn(root: str, n_train: int = 100, n_test: int = 50, seed: int = 0) -
     return root
 
 
+def write_mnist(root: str, folder: str = "MNIST", n_train: int = 64, n_test: int = 32, seed: int = 0) -> str:
+    """Write ``<root>/<folder>/raw`` with the four idx files (big-endian headers, uint8 data) of MNIST's format;
+    ``folder`` = ``FashionMNIST`` for Fashion-MNIST. A class-dependent bar on noise, 28 x 28."""
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, folder, "raw")
+    os.makedirs(raw, exist_ok=True)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        images = rng.integers(0, 40, size=(n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 4 + 2 * c: 6 + 2 * c, 4:24] = 255
+        with open(os.path.join(raw, f"{split}-images-idx3-ubyte"), "wb") as f:
+            f.write(np.array([2051, n, 28, 28], dtype=">i4").tobytes() + images.tobytes())
+        with open(os.path.join(raw, f"{split}-labels-idx1-ubyte"), "wb") as f:
+            f.write(np.array([2049, n], dtype=">i4").tobytes() + labels.tobytes())
+    return raw
+
+
 def _dump(path, obj):
     with open(path, "wb") as f:
         pickle.dump(obj, f, protocol=2)

@@ -52,8 +52,8 @@ def test_corrupt_file_is_reported(cifar10_root, tmp_path):
 
 
 def test_unknown_dataset():
-    with pytest.raises(UserError, match="valid names: cifar10, cifar100, svhn"):
-        load_dataset("mnist", "/tmp", True)
+    with pytest.raises(UserError, match="valid names: cifar10, cifar100, svhn, digits, mnist, fashionmnist"):
+        load_dataset("emnist", "/tmp", True)
 
 
 def test_reference_transforms_give_32px_and_deterministic_test_view(cifar10_root):
@@ -169,3 +169,17 @@ def test_device_loader_ranks_share_the_single_process_batch(cifar10_root, monkey
     monkeypatch.undo()
     for (x, y), (x0, y0), (x1, y1) in zip(single, *shares):
         assert torch.equal(x, torch.cat([x0, x1])) and torch.equal(y, torch.cat([y0, y1]))
+
+
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashionmnist", "FashionMNIST")])
+def test_mnist_and_fashion_mnist_through_torchvision_padded_to_32(tmp_path, name, folder):
+    from synthetic import write_mnist
+
+    write_mnist(str(tmp_path), folder)
+    train = load_dataset(name, str(tmp_path), True)
+    test = load_dataset(name, str(tmp_path), False, fgr_transforms("reference")[1])
+    img, label = train[0]
+    assert img.size == (32, 32) and img.mode == "L" and 0 <= label < 10 and len(train) == 64
+    assert test[0][0].shape == (1, 32, 32)
+    with pytest.raises(UserError, match="train-images-idx3-ubyte"):  # offline: one clear error naming the files
+        load_dataset(name, str(tmp_path / "none"), True)

@@ -66,3 +66,10 @@ def test_normalize_lives_inside_model_without_new_keys():
     normed.load_state_dict(plain.state_dict())
     x = torch.rand(2, 3, 32, 32)
     assert torch.allclose(normed(x), plain((x - 0.5) / 0.25), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "resnet18", "wrn28_10", "GSeMResNet18", "GSeMWideResNet28x10"])
+def test_every_family_takes_one_input_channel(name):
+    model = build_model(name, 10, in_channels=1)
+    assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    assert build_model(name, 10).state_dict().keys() == model.state_dict().keys()

@@ -64,3 +64,34 @@ def test_fgr_training_raises_accuracy_under_the_flow_attack():
             accs[name] = (model(x_adv).argmax(1) == y).float().mean().item()
     assert accs["fgr"] >= accs["plain"] + 0.2, accs
 
+
+
+def test_fgr_scripts_train_and_evaluate_on_mnist(tmp_path):
+    """--data_name mnist end to end: one input channel in the model, the flow attack on the padded 32 x 32 digits."""
+    import evaluate
+    import main
+    from synthetic import write_mnist
+
+    write_mnist(str(tmp_path / "data"))
+    common = ["--data_path", str(tmp_path / "data"), "--data_name", "mnist", "--model_name", "resnet18",
+              "--workers", "0", "--no_bar", "--weight_path", str(tmp_path / "w")]
+    main.main(main.get_args(common + ["--epochs", "1", "--subset", "16", "--batch_size", "8", "--fgr_lamb", "10"]))
+    ckpt = torch.load(tmp_path / "w" / "mnist_resnet18_fgr_10.0_rs_0.01_epochs1_batch_size8_subset16.pt",
+                      weights_only=True)
+    assert ckpt["model"]["conv1.weight"].shape[1] == 1
+    record = evaluate.main(evaluate.get_args(common + [
+        "--checkpoint", str(tmp_path / "w" / "mnist_resnet18_fgr_10.0_rs_0.01_epochs1_batch_size8_subset16.pt"),
+        "--result_path", str(tmp_path / "r"), "--subset", "8", "--steps", "2"]))
+    assert 0 <= record["val_acc"] <= 1 and len(record["attacks"]) == 1
+
+
+def test_gsem_training_runs_on_one_channel_data(tmp_path):
+    import train_gsem
+    from synthetic import write_mnist
+
+    write_mnist(str(tmp_path / "data"), "FashionMNIST")
+    carry = train_gsem.main(train_gsem.get_args([
+        "--dataset_name", "fashionmnist", "--data_path", str(tmp_path / "data"), "--model_save_path", str(tmp_path),
+        "--subset", "8", "--batch_size", "4", "--epochs", "1", "--reload", "1", "--gra_eot_num", "1",
+        "--att_eot_num", "1", "--attack_steps", "1", "--workers", "0", "--no_bar", "--best_acc", "-1"]))
+    assert torch.load(carry["best_file"], weights_only=True)["model"]["conv1.weight"].shape[1] == 1

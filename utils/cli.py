@@ -112,7 +112,7 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
 def add_fgr_model_args(p: argparse.ArgumentParser) -> None:
     """Flags that identify an FGR run (shared by main.py and evaluate.py, so both derive the same file name)."""
     p.add_argument("--data_name", type=str, default="cifar10",
-                   help="cifar10, cifar100, svhn or digits (built in, no download)")
+                   help="cifar10, cifar100, svhn, mnist, fashionmnist, or digits (built in, no download)")
     p.add_argument("--model_name", type=str, default="vgg11", help="registry name: vgg11/13/16/19, resnet18, wrn28_10")
     p.add_argument("--reg", type=str, default="fgr", choices=["fgr", "igr"],
                    help="gradient regularizer: fgr (flow gradients) or igr (input gradients, the paper's baseline)")

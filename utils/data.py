@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision import datasets, transforms
 from torchvision.datasets.utils import check_integrity
 from tqdm.auto import tqdm
@@ -97,7 +97,8 @@ class SVHN(datasets.SVHN):
 
 
 def official_md5(name: str) -> dict:
-    """file name -> MD5 of the official files of dataset ``name`` (torchvision's table; empty for ``digits``)."""
+    """file name -> MD5 of the official files of dataset ``name`` (torchvision's table; empty for ``digits`` and for
+    MNIST / Fashion-MNIST, whose torchvision table covers the downloaded archives, which torchvision checks)."""
     cls = DATASETS[name].cls
     if cls is SVHN:
         return {f: md5 for _, f, md5 in datasets.SVHN.split_list.values() if f.endswith("32x32.mat")}
@@ -135,6 +136,25 @@ class Digits(torch.utils.data.Dataset):
         return (self.transform(img) if self.transform is not None else img), self.targets[i]
 
 
+class _Pad32:
+    """Mixin for torchvision's MNIST classes: each 28 x 28 image padded by 2 px of black to 32 x 32, so every model of
+    the registry (built for 32 x 32) and every transform applies, as is usual for MNIST with CIFAR architectures."""
+
+    def __getitem__(self, index):
+        img = ImageOps.expand(Image.fromarray(self.data[index].numpy(), mode="L"), border=2, fill=0)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+class MNIST(_Pad32, datasets.MNIST):
+    pass
+
+
+class FashionMNIST(_Pad32, datasets.FashionMNIST):
+    pass
+
+
 class DatasetInfo(NamedTuple):
     cls: type
     num_classes: int
@@ -142,7 +162,11 @@ class DatasetInfo(NamedTuple):
     files: list
     mean: tuple
     std: tuple
+    channels: int = 3
 
+
+_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte"]
 
 DATASETS = {
     "cifar10": DatasetInfo(CIFAR10, 10, "cifar-10-batches-py",
@@ -153,11 +177,18 @@ DATASETS = {
     "svhn": DatasetInfo(SVHN, 10, "", ["train_32x32.mat", "test_32x32.mat"],
                         (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "digits": DatasetInfo(Digits, 10, "", [], (0.3053,) * 3, (0.3237,) * 3),
+    "mnist": DatasetInfo(MNIST, 10, "MNIST/raw", _MNIST_FILES, (0.1307,), (0.3081,), channels=1),
+    "fashionmnist": DatasetInfo(FashionMNIST, 10, "FashionMNIST/raw", _MNIST_FILES, (0.2860,), (0.3530,), channels=1),
 }
 
 
 def num_classes(name: str) -> int:
     return DATASETS[_check_name(name)].num_classes
+
+
+def num_channels(name: str) -> int:
+    """Input channels of dataset ``name`` (1 for MNIST and Fashion-MNIST, else 3)."""
+    return DATASETS[_check_name(name)].channels
 
 
 def dataset_stats(name: str):
@@ -242,14 +273,15 @@ class Cutout:
         return f"Cutout(size={self.size})"
 
 
-def gsem_transforms():
+def gsem_transforms(channels: int = 3):
     """(train, test) transforms of the GSeM reference, the same for CIFAR-10, CIFAR-100 and SVHN (X-L-Liu/GSeM):
     RandomCrop(32, padding=4, fill=128) -> flip -> AutoAugment (CIFAR-10 policy, fill 128) -> ToTensor -> Cutout(16);
-    test: ToTensor only. torchvision's AutoAugment stands in for the reference's DeepVoltaire copy of the policy."""
+    test: ToTensor only. torchvision's AutoAugment stands in for the reference's DeepVoltaire copy of the policy.
+    ``channels`` = 1 for the grey datasets (the fill has one value per channel)."""
     train = transforms.Compose([
         transforms.RandomCrop(32, padding=4, fill=128),
         transforms.RandomHorizontalFlip(),
-        transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=[128, 128, 128]),
+        transforms.AutoAugment(transforms.AutoAugmentPolicy.CIFAR10, fill=[128] * channels),
         transforms.ToTensor(),
         Cutout(16),
     ])
@@ -278,6 +310,8 @@ def verify_files(name: str, root: str, train: bool) -> None:
     """Check the MD5 sums of the official files of one split (and CIFAR's meta file). Raises UserError naming the
     first file that differs."""
     info, md5 = DATASETS[name], official_md5(name)
+    if not md5:
+        return
     if info.cls is SVHN:
         files = ["train_32x32.mat" if train else "test_32x32.mat"]
     else:

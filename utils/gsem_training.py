@@ -20,7 +20,7 @@ from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
 from .cli import (add_bool, add_run_args, add_speed_args, check_model_name, eps_255, nonneg_float, nonneg_int,
                   positive_float, positive_int, settings_suffix)
-from .data import gsem_transforms, make_loaders, num_classes
+from .data import gsem_transforms, make_loaders, num_channels, num_classes
 from .errors import UserError
 from .runtime import autocast, eval_mode, prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
@@ -31,7 +31,7 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
     p.add_argument("--dataset_name", type=str, default="cifar10",
-                   help="cifar10, cifar100, svhn or digits (built in, no download)")
+                   help="cifar10, cifar100, svhn, mnist, fashionmnist, or digits (built in, no download)")
     p.add_argument("--alpha", type=positive_int, default=6, help="GSeM quantisation: grid step 1/alpha")
     p.add_argument("--beta", type=nonneg_int, default=4, help="GSeM noise: integers in [-beta, beta] (0 = no noise)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="batch size")
@@ -107,7 +107,8 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=Fa
 def build_classifier(args, device):
     """``--classifier_name`` for the dataset, with ``--alpha``/``--beta`` where the family takes them."""
     return build_model(args.classifier_name, num_classes(args.dataset_name),
-                       options={"alpha": args.alpha, "beta": args.beta}).to(device)
+                       options={"alpha": args.alpha, "beta": args.beta,
+                                "in_channels": num_channels(args.dataset_name)}).to(device)
 
 
 # result-changing settings that the reference's checkpoint name does not hold: another value adds a suffix
@@ -146,7 +147,7 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
     args.classifier_name = check_model_name(args.classifier_name)
     args.method = method  # stored with the checkpoint: evaluation and the results table tell the methods apart
     device, say = start_run(args)
-    train_tf, test_tf = gsem_transforms()
+    train_tf, test_tf = gsem_transforms(num_channels(args.dataset_name))
     train_loader, test_loader, gen = make_loaders(
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
         workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",

@@ -46,28 +46,34 @@ class AttackConfig:
     ``stadv_init_std`` (px), ADef's ``adef_sigma`` (px), ``adef_overshoot``, ``adef_steps``, ``adef_candidates``,
     ``adef_max_norm`` (T-norm budget in px, None = none) and ``adef_variant`` (``official`` or ``improved``).
     """
-    eps: float = 8 / 255
-    eot_iter: int = 1
+    # every attack
     steps_scale: float = 1.0
     seed: int = 0
     n_classes: int = 10
+    # intensity attacks
+    eps: float = 8 / 255  # [0, 1] pixel units
+    eot_iter: int = 1
+    # speed, same expectation
     batched_eot: bool = True
     eot_batch: int | None = None
     amp: bool = False
-    flow_eps: float = 0.01
+    # the authors' flow attack
+    flow_eps: float = 0.01  # normalised units: 0.155 px at 32 x 32
     flow_steps: int = 100
-    image_size: int = 32
-    stadv_tau: float = 0.05
+    image_size: int = 32  # px, to report budgets in pixels
+    # stAdv
+    stadv_tau: float = 0.05  # where the per-example search starts
     stadv_steps: int = 50
     stadv_search_steps: int = 4
-    stadv_lr: float = 0.02
-    stadv_init_std: float = 0.0
-    adef_sigma: float = 0.5
+    stadv_lr: float = 0.02  # px
+    stadv_init_std: float = 0.0  # px
+    # ADef
+    adef_sigma: float = 0.5  # px
     adef_overshoot: float = 1.2
     adef_steps: int = 100
     adef_candidates: int = 9
-    adef_max_norm: float | None = None
-    adef_variant: str = "official"
+    adef_max_norm: float | None = None  # px, None: no budget
+    adef_variant: str = "official"  # or "improved"
 
 
 def scaled(n: int, factor: float) -> int:

@@ -72,7 +72,7 @@ def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
 
 def table(record) -> list[str]:
     lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
-             f"{100 * record['val_acc']:.2f}% on {record['n_examples']} test images", "",
+             f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images", "",
              "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
              "| settings |", "|---|---|---|---|---|"]
     for label, r in record["attacks"].items():
@@ -101,11 +101,12 @@ def main(args):
     size = loader.dataset[0][0].shape[-1]
     cfg, reference = attack_config(args, n_classes, size), AttackConfig(n_classes=n_classes, image_size=size)
     stem = os.path.splitext(os.path.basename(path))[0]
-    record = {"name": stem, "val_acc": None, "adv_acc": None, "n_examples": n_examples,
+    record = {"name": stem, "val_acc": None, "val_n": None, "adv_acc": None,
               "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
               "trained_epochs": ckpt.get("epoch"), "train_args": ckpt.get("args"), "device": str(device),
               "args": vars(args)}
-    results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, "attacks", say)
+    results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, "attacks", say,
+                         carry=("val_acc", "val_n", "adv_acc"))
     for attack_name in args.attacks:
         attack, settings = build_attack(attack_name, model, cfg)
         label = row_label(attack_name, settings, build_attack(attack_name, model, reference)[1],
@@ -125,11 +126,12 @@ def main(args):
         if label in results.rows:
             say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
         results.rows[label] = row
-        record["val_acc"] = r["clean"]
+        if record["val_n"] is None or n_examples >= record["val_n"]:  # a subset never replaces the whole test set
+            record["val_acc"], record["val_n"] = r["clean"], n_examples
         if label == "flow":  # the reference key: the authors' attack at its settings on the whole test set
             record["adv_acc"] = row["acc"]
         if attack_name == args.attacks[0]:
-            say(f"val   - acc: {record['val_acc']:.4f}")
+            say(f"val   - acc: {r['clean']:.4f}")
         flow_note = ""
         if "tnorm" in r:
             median = row["tnorm_px_median"]

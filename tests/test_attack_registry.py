@@ -69,7 +69,7 @@ def test_the_readme_examples_of_a_new_loss_and_a_new_attack_run(monkeypatch):
     from utils.training import TrainStep
 
     readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "def trades" in b or "class FGSM" in b]
+    blocks = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "def trades" in b or "class FGSM" in b]
     assert len(blocks) == 2
     ns = {"F": F, "torch": torch, "Attack": Attack}
     for block in blocks:

@@ -76,11 +76,10 @@ def test_fgr_scripts_train_and_evaluate_on_mnist(tmp_path):
     common = ["--data_path", str(tmp_path / "data"), "--data_name", "mnist", "--model_name", "resnet18",
               "--workers", "0", "--no_bar", "--weight_path", str(tmp_path / "w")]
     main.main(main.get_args(common + ["--epochs", "1", "--subset", "16", "--batch_size", "8", "--fgr_lamb", "10"]))
-    ckpt = torch.load(tmp_path / "w" / "mnist_resnet18_fgr_10.0_rs_0.01_epochs1_batch_size8_subset16.pt",
-                      weights_only=True)
-    assert ckpt["model"]["conv1.weight"].shape[1] == 1
+    path = tmp_path / "w" / "mnist_resnet18_fgr_10.0_rs_0.01_epochs1_batch_size8_subset16.pt"
+    assert torch.load(path, weights_only=True)["model"]["conv1.weight"].shape[1] == 1
     record = evaluate.main(evaluate.get_args(common + [
-        "--checkpoint", str(tmp_path / "w" / "mnist_resnet18_fgr_10.0_rs_0.01_epochs1_batch_size8_subset16.pt"),
+        "--checkpoint", str(path),
         "--result_path", str(tmp_path / "r"), "--subset", "8", "--steps", "2"]))
     assert 0 <= record["val_acc"] <= 1 and len(record["attacks"]) == 1
 

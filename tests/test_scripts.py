@@ -64,12 +64,22 @@ def test_train_writes_a_named_checkpoint_with_metadata(trained):
 def test_evaluate_writes_json_keyed_by_checkpoint_and_settings(cifar10_root, trained, capsys):
     record = evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained)))
     out = json.loads((trained / "r" / f"{SMOKE}.json").read_text())
-    assert 0 <= out["val_acc"] <= 1 and out["n_examples"] == 16
+    assert 0 <= out["val_acc"] <= 1 and out["val_n"] == 16
     row = out["attacks"]["flow [steps=3, step_size=0.003333, n=16]"]
     assert row["settings"]["steps"] == 3 and row["settings"]["eps"] == 0.01 and 0 <= row["acc"] <= 1
     assert out["adv_acc"] is None  # adv_acc is only the authors' attack at its settings on the whole test set
     assert out == json.loads(json.dumps(record))
     assert "adv   - acc:" in capsys.readouterr().out
+
+
+def test_a_subset_never_replaces_the_whole_test_set_clean_accuracy(cifar10_root, trained):
+    path = trained / "r" / f"{SMOKE}.json"
+    full = [a for a in eval_args(cifar10_root, trained) if a not in ("--subset", "16")] + ["--subset", "40"]
+    evaluate.main(evaluate.get_args(full))  # the synthetic test set has 40 images: the whole of it
+    whole = json.loads(path.read_text())["val_acc"]
+    evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained, "--subset", "8")))
+    out = json.loads(path.read_text())
+    assert out["val_n"] == 40 and out["val_acc"] == whole
 
 
 def test_reference_name_is_found_from_the_seed_flags(cifar10_root, trained, tmp_path):

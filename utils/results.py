@@ -110,9 +110,10 @@ class ResultFile:
         record: this run's header (must hold ``checkpoint_sha256``); ``record[rows_key]`` receives the rows.
         rows_key: the name of the rows' dict in the record (``attacks`` or ``results``).
         say: where notes go.
+        carry: top-level keys whose earlier values are kept when this run leaves them None (``val_acc``, ...).
     """
 
-    def __init__(self, path: str, record: dict, rows_key: str, say=print):
+    def __init__(self, path: str, record: dict, rows_key: str, say=print, carry=()):
         self.path, self.record, self.rows_key = path, record, rows_key
         old = None
         if os.path.isfile(path):
@@ -124,6 +125,9 @@ class ResultFile:
         rows = {}
         if old is not None and old.get("checkpoint_sha256") == record["checkpoint_sha256"]:
             rows = old.get(rows_key, {})
+            for key in carry:
+                if record.get(key) is None:
+                    record[key] = old.get(key)
         elif old is not None and dist.is_main():
             stem = os.path.splitext(path)[0]
             aside = f"{stem}.{old.get('checkpoint_sha256') or 'unknown'}.json"

@@ -131,3 +131,23 @@ def test_val_split_selects_on_held_out_training_images(cifar10_root, tmp_path):
     carry = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--val_split", "20",
                                                       "--subset", "0", "--batch_size", "40")))
     assert len(carry["history"]) == 1 and 0 <= carry["best"] <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope", ["none", "attack", "update"])
+def test_the_correction_ablation_runs_and_is_named_and_recorded(scope, cifar10_root, tmp_path):
+    argv = small(cifar10_root, "cifar10", tmp_path, "--gradient_correction", scope)
+    carry = train_gsem.main(train_gsem.get_args(argv))
+    assert f"_gradient_correction{scope}_" in os.path.basename(carry["best_file"])
+    assert load_checkpoint(carry["best_file"])["args"]["gradient_correction"] == scope
+
+
+def test_plain_classifiers_are_named_without_alpha_and_beta():
+    assert run_of("gsem", ["--classifier_name", "resnet18"]) == "resnet18"
+    assert run_of("gsem", []) == "GSeMResNet18_6_4"
+
+
+def test_mart_correction_scope_flag_is_named():
+    argv = ["--correct_adv_forward"]
+    assert "_correct_adv_forwardTrue" in run_of("mart", argv)
+    assert "correct_adv" not in run_of("mart", [])

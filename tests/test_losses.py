@@ -104,3 +104,46 @@ def test_mart_step_with_awp_perturbs_during_the_loss_and_restores_after_the_step
     assert len(during) == 2 and not torch.equal(during[0], w0)  # perturbed during the loss
     assert model[1].weight.grad is not None and torch.isfinite(loss)
     assert torch.equal(model[1].weight, w0)  # restored after the (zero) step
+
+
+def tiny_gsem_net():
+    from models import GradSemiMaskModule
+
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GradSemiMaskModule(4, 6, beta=0), nn.Conv2d(4, 4, 3, stride=2),
+                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 3)).eval()  # beta 0: deterministic forward
+
+
+def stem_grad(model, loss):
+    return torch.autograd.grad(loss, model[0].weight)[0]
+
+
+def test_mart_default_is_the_released_codes_correction_scope():
+    """The released train_gsem_mart.py registered its hooks after both forwards, so only the clean forward was
+    corrected: the default MART loss reproduces that stem gradient; --correct_adv_forward corrects both forwards."""
+    from models import gradient_correction
+
+    model = tiny_gsem_net()
+    torch.manual_seed(1)
+    x, x_adv, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    with gradient_correction(model, False):
+        logits_adv = model(x_adv)  # the adversarial forward: no hooks attached, masked gradient
+    released = stem_grad(model, mart_loss(logits_adv, model(x), y, 5.0))
+    both = stem_grad(model, mart_loss(model(x_adv), model(x), y, 5.0))
+    assert torch.allclose(stem_grad(model, mart(model, x_adv, y, x)[0]), released, atol=1e-7)
+    assert torch.allclose(stem_grad(model, mart(model, x_adv, y, x, correct_adv_forward=True)[0]), both, atol=1e-7)
+    assert (released - both).norm() > 0.05 * both.norm()  # the two scopes really differ
+    assert all(m.gradient_correction for m in model.modules() if hasattr(m, "gradient_correction"))  # restored
+
+
+def test_the_no_correction_ablation_gives_the_update_the_masked_gradient():
+    from models import set_gradient_correction
+    from utils.losses import with_gradient_correction
+
+    model = tiny_gsem_net()
+    x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    masked = stem_grad(model, with_gradient_correction(cross_entropy, False)(model, x, y, x)[0])
+    corrected = stem_grad(model, cross_entropy(model, x, y, x)[0])
+    set_gradient_correction(model, False)
+    assert torch.allclose(masked, stem_grad(model, cross_entropy(model, x, y, x)[0]))
+    assert not torch.allclose(masked, corrected)

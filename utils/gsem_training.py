@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import PGD
-from models import build_model
+from attacks.registry import Uncorrected
+from models import build_model, model_options
 
 from . import distributed as dist
 from .awp import AWP
@@ -22,7 +23,8 @@ from .cli import (add_bool, add_run_args, add_speed_args, check_model_name, eps_
                   positive_float, positive_int, settings_suffix)
 from .data import gsem_transforms, make_loaders, num_channels, num_classes
 from .errors import UserError
-from .runtime import autocast, eval_mode, prepare_training_model, start_run
+from .losses import with_gradient_correction
+from .runtime import eval_mode, prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
 
 
@@ -51,6 +53,10 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     add_bool(p, "batched_eot", True, "attack EOT as copies of the batch in one forward (same expectation; faster)")
     p.add_argument("--eot_batch", type=positive_int, default=None,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
+    p.add_argument("--gradient_correction", type=str, default="all", choices=["all", "attack", "update", "none"],
+                   help="where GSeM's corrected gradient is used in training: the training attack and the weight "
+                        "update (all, the method), only one of them, or neither (the paper's ablation: GSeM with the "
+                        "masked gradient); the model-selection attack always uses it")
     add_bool(p, "use_amp", True, "bf16 autocast for training and the training attack where the device has native bf16 "
                                  "(CUDA, AMX/AVX512-BF16 CPUs; no effect elsewhere)")
     p.add_argument("--val_split", type=nonneg_int, default=0,
@@ -73,9 +79,10 @@ def train_attack(args, model) -> PGD:
                eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp, eot_batch=args.eot_batch)
 
 
-def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=False) -> dict:
-    """The reference's selection metric: in every batch the even-indexed half is replaced by adversarial examples,
-    then one noisy forward of the whole batch.
+def half_adversarial_accuracy(model, loader, attack, device, *, bar=True) -> dict:
+    """The reference's selection metric: in every batch the even-indexed half is replaced by adversarial examples
+    (the attack under its own precision setting), then one noisy forward of the whole batch in fp32, as the
+    reference.
 
     Returns:
         fractions ``test_acc`` (all), ``clean_acc`` (odd half) and ``adv_acc`` (even half).
@@ -89,7 +96,7 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True, amp=Fa
         for x, y in pbar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             x = make_input(x, y)
-            with torch.no_grad(), autocast(device, amp):
+            with torch.no_grad():
                 hit = model(x).argmax(1) == y
             correct[0] += hit[0::2].sum()
             correct[1] += hit[1::2].sum()
@@ -114,15 +121,19 @@ def build_classifier(args, device):
 # result-changing settings that the reference's checkpoint name does not hold: another value adds a suffix
 TRAINING_KEYS = ("epochs", "reload", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gra_eot_num",
                  "att_eot_num", "eps", "step_size", "attack_steps", "use_amp", "val_split", "subset", "seed",
-                 "mart_beta", "awp_gamma", "awp_lr")
+                 "gradient_correction", "correct_adv_forward", "mart_beta", "awp_gamma", "awp_lr")
 
 
 def run_name(args, method: str, defaults: dict) -> str:
-    """``<classifier>_<alpha>_<beta>`` as the reference (``train_gsem.py``), with ``_mart`` / ``_awp`` for the other
+    """``<classifier>_<alpha>_<beta>`` as the reference (``train_gsem.py``; ``<classifier>`` alone for a model without
+    GSeM modules), with ``_mart`` / ``_awp`` for the other
     two methods (the reference gave all three the same name, so one run replaced another's model) and a suffix for
     every training setting off the recipe (:data:`TRAINING_KEYS`)."""
     tag = "" if method == "gsem" else f"_{method}"
-    return f"{args.classifier_name}_{args.alpha}_{args.beta}{tag}{settings_suffix(args, defaults, TRAINING_KEYS)}"
+    model = args.classifier_name  # alpha and beta only where the model has them (not for a plain ResNet-18)
+    if "alpha" in model_options(args.classifier_name):
+        model += f"_{args.alpha}_{args.beta}"
+    return f"{model}{tag}{settings_suffix(args, defaults, TRAINING_KEYS)}"
 
 
 def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = False, defaults: dict) -> dict:
@@ -177,17 +188,19 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
         optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-        attack = train_attack(args, model)
+        attack = train_attack(args, model)  # also the selection attack: always with the corrected gradient
+        train_input = attack if args.gradient_correction in ("all", "attack") else Uncorrected(model, attack)
+        update_loss = (loss_fn if args.gradient_correction in ("all", "update")
+                       else with_gradient_correction(loss_fn, False))
         weight_perturbation = (AWP(model, build_classifier(args, device), gamma=args.awp_gamma, proxy_lr=args.awp_lr,
                                    eot_iter=args.gra_eot_num) if awp else None)
-        step = TrainStep(train_model, optimizer, loss_fn, make_input=half_adversarial(attack) if policy == "half"
-                         else attack, eot_iter=args.gra_eot_num, awp=weight_perturbation, amp=args.use_amp,
-                         device=device)
+        step = TrainStep(train_model, optimizer, update_loss, eot_iter=args.gra_eot_num, awp=weight_perturbation,
+                         make_input=half_adversarial(train_input) if policy == "half" else train_input,
+                         amp=args.use_amp, device=device)
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,
-            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=args.bar,
-                                              amp=args.use_amp),
+            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=args.bar),
             ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=args.bar,
             log=say)
         if dist.world_size() > 1:

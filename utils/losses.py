@@ -10,7 +10,11 @@ To add a loss: write the function here and add one line to :data:`LOSSES`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch.nn.functional as F
+
+from models import gradient_correction
 
 from .distributed import world_size
 from .flow import random_flow_start
@@ -39,12 +43,28 @@ def mart_loss(logits_adv, logits_nat, y, beta: float = 5.0):
     return loss_adv + beta * loss_robust
 
 
-def mart(model, x_in, y, x, *, beta: float = 5.0):
+def mart(model, x_in, y, x, *, beta: float = 5.0, correct_adv_forward: bool = False):
     """MART on adversarial ``x_in`` and clean ``x`` (adversarial forward first, as the GSeM reference); the training
-    accuracy is counted on the adversarial logits."""
-    logits_adv = model(x_in)
+    accuracy is counted on the adversarial logits.
+
+    ``correct_adv_forward=False`` (default) is the released GSeM code's behaviour: its correction hooks were
+    registered after both forwards and so attached to the last (clean) one only, leaving the adversarial forward's
+    gradient masked (this produced the published MART/AWP numbers). ``True`` corrects both forwards."""
+    with contextlib.nullcontext() if correct_adv_forward else gradient_correction(model, False):
+        logits_adv = model(x_in)
     logits_nat = model(x)
     return mart_loss(logits_adv, logits_nat, y, beta), logits_adv, {}
+
+
+def with_gradient_correction(loss_fn, enabled: bool):
+    """``loss_fn`` with every GSeM module's gradient correction on or off during its forwards (the GSeM ablation:
+    ``enabled=False`` gives the weight update the masked gradient)."""
+
+    def loss(model, x_in, y, x):
+        with gradient_correction(model, enabled):
+            return loss_fn(model, x_in, y, x)
+
+    return loss
 
 
 def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0.0, rs_sigma: float = 0.01,

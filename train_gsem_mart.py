@@ -5,27 +5,21 @@ reference): PGD-10 (EOT 10) on the whole batch, MART loss, 10 noisy passes per w
 """
 from __future__ import annotations
 
-import functools
-
-from utils.cli import Parser, add_bool, nonneg_float
+from utils.cli import Parser
 from utils.errors import RESUME_HINT, cli_entry
-from utils.gsem_training import add_gsem_train_args, run_gsem_training
-from utils.losses import LOSSES
+from utils.gsem_training import add_gsem_train_args, add_mart_args, mart_loss_from, run_gsem_training
 
 
 def get_args(argv=None):
     p = Parser(__doc__)
     add_gsem_train_args(p)
-    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
-    add_bool(p, "correct_adv_forward", False, "also correct the gradient of MART's adversarial forward in the "
-                                              "weight update (off: as the released code, only the clean forward)")
+    add_mart_args(p)
     return p.parse_args(argv)
 
 
 @cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
-    loss = functools.partial(LOSSES["mart"], beta=args.mart_beta, correct_adv_forward=args.correct_adv_forward)
-    return run_gsem_training(args, "mart", loss, policy="adversarial", defaults=vars(get_args([])))
+    return run_gsem_training(args, "mart", mart_loss_from(args), policy="adversarial", defaults=vars(get_args([])))
 
 
 if __name__ == "__main__":

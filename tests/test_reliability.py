@@ -156,8 +156,8 @@ def test_an_unwritable_output_folder_fails_before_any_epoch(cifar10_root, tmp_pa
     sd = build_model("vgg11", 10).state_dict()
     torch.save(sd, tmp_path / "ok.pt")
     monkeypatch.setattr(evaluate, "attack_accuracy", lambda *a, **k: pytest.fail("an attack started"))
-    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(
-        cifar10_root, tmp_path, "--checkpoint", str(tmp_path / "ok.pt"), "--result_path", str(tmp_path / "file" / "r")))))
+    unwritable = ["--checkpoint", str(tmp_path / "ok.pt"), "--result_path", str(tmp_path / "file" / "r")]
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, *unwritable))))
     assert "cannot write to the output folder" in err
 
 

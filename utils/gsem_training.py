@@ -7,6 +7,7 @@ and AWP.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 import torch
@@ -23,7 +24,7 @@ from .cli import (add_bool, add_run_args, add_speed_args, check_model_name, eps_
                   positive_float, positive_int, settings_suffix)
 from .data import gsem_transforms, make_loaders, num_channels, num_classes
 from .errors import UserError
-from .losses import with_gradient_correction
+from .losses import LOSSES, with_gradient_correction
 from .runtime import eval_mode, prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
 
@@ -71,6 +72,18 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     add_speed_args(p)
     add_run_args(p)
     p.set_defaults(data_path="./dataset", workers=2)
+
+
+def add_mart_args(p: argparse.ArgumentParser) -> None:
+    """The MART flags of ``train_gsem_mart.py`` and ``train_gsem_awp.py``."""
+    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
+    add_bool(p, "correct_adv_forward", False, "also correct the gradient of MART's adversarial forward in the weight "
+                                              "update (off: as the released code, only the clean forward)")
+
+
+def mart_loss_from(args):
+    """MART with the flags of :func:`add_mart_args`."""
+    return functools.partial(LOSSES["mart"], beta=args.mart_beta, correct_adv_forward=args.correct_adv_forward)
 
 
 def train_attack(args, model) -> PGD:

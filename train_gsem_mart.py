@@ -7,19 +7,18 @@ from __future__ import annotations
 
 from utils.cli import Parser
 from utils.errors import RESUME_HINT, cli_entry
-from utils.gsem_training import add_gsem_train_args, add_mart_args, mart_loss_from, run_gsem_training
+from utils.gsem_training import add_gsem_train_args, run_gsem_training
 
 
 def get_args(argv=None):
     p = Parser(__doc__)
-    add_gsem_train_args(p)
-    add_mart_args(p)
+    add_gsem_train_args(p, loss="mart")
     return p.parse_args(argv)
 
 
 @cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
-    return run_gsem_training(args, "mart", mart_loss_from(args), policy="adversarial", defaults=vars(get_args([])))
+    return run_gsem_training(args, "mart", defaults=vars(get_args([])))
 
 
 if __name__ == "__main__":

@@ -151,3 +151,19 @@ def test_mart_correction_scope_flag_is_named():
     argv = ["--correct_adv_forward"]
     assert "_correct_adv_forwardTrue" in run_of("mart", argv)
     assert "correct_adv" not in run_of("mart", [])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,loss,classifier", [("gsem", "pgd_at", "GSeMResNet18"), ("gsem", "trades", "resnet18"),
+                                                    ("awp", "mixed", "GSeMResNet18"), ("awp", "trades", "GSeMResNet18")])
+def test_every_objective_trains_in_the_one_loop_and_evaluates(method, loss, classifier, cifar10_root, tmp_path):
+    import evaluate_gsem
+
+    argv = small(cifar10_root, "cifar10", tmp_path, "--loss", loss, "--classifier_name", classifier)
+    carry = SCRIPTS[method].main(SCRIPTS[method].get_args(argv))
+    assert f"_loss{loss}" in os.path.basename(carry["best_file"])
+    record = evaluate_gsem.main(evaluate_gsem.get_args([
+        "--model_load_path", carry["best_file"], "--data_path", cifar10_root, "--no-verify_data", "--result_path",
+        str(tmp_path / "r"), "--n_examples", "4", "--attacks", "Clean", "PGD500", "--steps_scale", "0.002",
+        "--att_eot_num", "1", "--workers", "0", "--no_bar", "--no-sanity_checks"]))
+    assert record["model"] == ("resnet18" if classifier == "resnet18" else classifier)

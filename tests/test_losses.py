@@ -147,3 +147,39 @@ def test_the_no_correction_ablation_gives_the_update_the_masked_gradient():
     set_gradient_correction(model, False)
     assert torch.allclose(masked, stem_grad(model, cross_entropy(model, x, y, x)[0]))
     assert not torch.allclose(masked, corrected)
+
+
+def test_trades_equals_its_formula_on_a_tiny_model():
+    from utils.losses import trades
+
+    model = tiny_gsem_net().double()  # float64: the KL term is small
+    torch.manual_seed(4)
+    x, x_adv = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.rand(4, 3, 16, 16, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    loss, logits, terms = trades(model, x_adv, y, x, beta=6.0)
+    p_nat, p_adv = F.softmax(model(x), 1), F.softmax(model(x_adv), 1)
+    kl = (p_nat * (p_nat.log() - p_adv.log())).sum(1).mean()  # KL(f(x) || f(x_adv)), batch mean
+    assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + 6.0 * kl.item(), rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5) and torch.equal(logits, model(x))
+
+
+def test_pgd_at_step_is_cross_entropy_on_the_attacked_batch():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.rand(4, 3, 2, 2), torch.tensor([0, 1, 2, 0])
+    TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.0), cross_entropy, make_input=Marker())(x, y)
+    expected = torch.autograd.grad(F.cross_entropy(model(x + 1), y), model[1].weight)[0]
+    assert torch.allclose(model[1].weight.grad, expected, atol=1e-6)
+
+
+def test_trades_attack_keeps_the_ball_and_raises_the_kl():
+    from attacks.trades import TradesPGD, kl_to
+
+    model = tiny_gsem_net()
+    torch.manual_seed(5)
+    x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 3, (6,))
+    x_adv = TradesPGD(model, eps=8 / 255, alpha=2 / 255, steps=5)(x, y)
+    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    with torch.no_grad():
+        p = F.softmax(model(x), 1)
+        assert kl_to(model(x_adv), p).mean() > kl_to(model(x), p).mean()

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from attacks import PGD
 from attacks.registry import Uncorrected
+from attacks.trades import TradesPGD
 from models import build_model, model_options
 
 from . import distributed as dist
@@ -29,8 +30,23 @@ from .runtime import eval_mode, prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
 
 
-def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
-    """The reference's flags and defaults, plus this repository's run flags."""
+# --loss: the input policy and the loss of each objective (utils.training, utils.losses)
+OBJECTIVES = {
+    "mixed": "even half of the batch adversarial (PGD), cross-entropy: GSeM's adversarial training",
+    "pgd_at": "whole batch adversarial (PGD), cross-entropy: Madry et al.'s adversarial training",
+    "trades": "TRADES: clean CE + beta KL to the prediction on TRADES' KL attack",
+    "mart": "whole batch adversarial (PGD), MART",
+}
+
+
+def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None:
+    """The reference's flags and defaults, plus this repository's run flags; ``loss`` is the script's objective."""
+    p.add_argument("--loss", type=str, default=loss, choices=list(OBJECTIVES),
+                   help="; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
+    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
+    add_bool(p, "correct_adv_forward", False, "also correct the gradient of MART's adversarial forward in the weight "
+                                              "update (off: as the released code, only the clean forward)")
+    p.add_argument("--trades_beta", type=nonneg_float, default=6.0, help="weight of TRADES' KL term")
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
     p.add_argument("--dataset_name", type=str, default="cifar10",
@@ -74,16 +90,23 @@ def add_gsem_train_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(data_path="./dataset", workers=2)
 
 
-def add_mart_args(p: argparse.ArgumentParser) -> None:
-    """The MART flags of ``train_gsem_mart.py`` and ``train_gsem_awp.py``."""
-    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
-    add_bool(p, "correct_adv_forward", False, "also correct the gradient of MART's adversarial forward in the weight "
-                                              "update (off: as the released code, only the clean forward)")
-
-
-def mart_loss_from(args):
-    """MART with the flags of :func:`add_mart_args`."""
-    return functools.partial(LOSSES["mart"], beta=args.mart_beta, correct_adv_forward=args.correct_adv_forward)
+def objective(args, model):
+    """``(loss, input policy)`` of ``--loss`` (:data:`OBJECTIVES`), the training attack on ``model``, with
+    ``--gradient_correction`` applied to the attack and to the loss."""
+    if args.loss == "trades":
+        attack = TradesPGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
+                           eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp,
+                           eot_batch=args.eot_batch)
+        loss = functools.partial(LOSSES["trades"], beta=args.trades_beta)
+    else:
+        attack = train_attack(args, model)
+        loss = (functools.partial(LOSSES["mart"], beta=args.mart_beta, correct_adv_forward=args.correct_adv_forward)
+                if args.loss == "mart" else LOSSES["ce"])
+    if args.gradient_correction not in ("all", "attack"):
+        attack = Uncorrected(model, attack)
+    if args.gradient_correction not in ("all", "update"):
+        loss = with_gradient_correction(loss, False)
+    return loss, half_adversarial(attack) if args.loss == "mixed" else attack
 
 
 def train_attack(args, model) -> PGD:
@@ -132,9 +155,10 @@ def build_classifier(args, device):
 
 
 # result-changing settings that the reference's checkpoint name does not hold: another value adds a suffix
-TRAINING_KEYS = ("epochs", "reload", "batch_size", "lr", "momentum", "weight_decay", "milestones", "gra_eot_num",
-                 "att_eot_num", "eps", "step_size", "attack_steps", "use_amp", "val_split", "subset", "seed",
-                 "gradient_correction", "correct_adv_forward", "mart_beta", "awp_gamma", "awp_lr")
+TRAINING_KEYS = ("loss", "epochs", "reload", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+                 "gra_eot_num", "att_eot_num", "eps", "step_size", "attack_steps", "use_amp", "val_split", "subset",
+                 "seed", "gradient_correction", "correct_adv_forward", "mart_beta", "trades_beta", "awp_gamma",
+                 "awp_lr")
 
 
 def run_name(args, method: str, defaults: dict) -> str:
@@ -149,7 +173,7 @@ def run_name(args, method: str, defaults: dict) -> str:
     return f"{model}{tag}{settings_suffix(args, defaults, TRAINING_KEYS)}"
 
 
-def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = False, defaults: dict) -> dict:
+def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -> dict:
     """Train with the reference recipe: ``args.reload`` runs of ``args.epochs`` epochs; each run after the first
     starts from the best checkpoint so far with a new optimizer, schedule and attack; the best model (by
     half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<run name>_<acc>.pt`` (:func:`run_name`;
@@ -158,16 +182,12 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
 
     Args:
         args: the parsed flags (:func:`add_gsem_train_args`).
-        method: ``gsem``, ``mart`` or ``awp`` (in the run name).
-        loss_fn: the loss (``utils.losses``), its hyperparameters bound.
-        policy: ``'half'`` (even half adversarial) or ``'adversarial'`` (whole batch).
+        method: ``gsem``, ``mart`` or ``awp`` (in the run name); the objective is ``args.loss``.
         awp: adversarial weight perturbation (``--awp_gamma``, ``--awp_lr``), recomputed every step.
         defaults: the script's flag defaults (``vars(get_args([]))``), to name runs off the recipe.
     Returns:
         ``{"best", "best_file", "history"}``.
     """
-    if policy not in ("half", "adversarial"):
-        raise ValueError(f"unknown input policy {policy!r}")
     args.classifier_name = check_model_name(args.classifier_name)
     args.method = method  # stored with the checkpoint: evaluation and the results table tell the methods apart
     device, say = start_run(args)
@@ -201,15 +221,12 @@ def run_gsem_training(args, method: str, loss_fn, *, policy: str, awp: bool = Fa
         optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                     weight_decay=args.weight_decay)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-        attack = train_attack(args, model)  # also the selection attack: always with the corrected gradient
-        train_input = attack if args.gradient_correction in ("all", "attack") else Uncorrected(model, attack)
-        update_loss = (loss_fn if args.gradient_correction in ("all", "update")
-                       else with_gradient_correction(loss_fn, False))
+        attack = train_attack(args, model)  # the selection attack: always PGD with the corrected gradient
+        loss, make_input = objective(args, model)
         weight_perturbation = (AWP(model, build_classifier(args, device), gamma=args.awp_gamma, proxy_lr=args.awp_lr,
                                    eot_iter=args.gra_eot_num) if awp else None)
-        step = TrainStep(train_model, optimizer, update_loss, eot_iter=args.gra_eot_num, awp=weight_perturbation,
-                         make_input=half_adversarial(train_input) if policy == "half" else train_input,
-                         amp=args.use_amp, device=device)
+        step = TrainStep(train_model, optimizer, loss, make_input=make_input, eot_iter=args.gra_eot_num,
+                         awp=weight_perturbation, amp=args.use_amp, device=device)
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,

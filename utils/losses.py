@@ -67,6 +67,15 @@ def with_gradient_correction(loss_fn, enabled: bool):
     return loss
 
 
+def trades(model, x_in, y, x, *, beta: float = 6.0):
+    """TRADES (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades_loss``): CE on the clean batch plus ``beta`` times
+    KL(f(x) || f(x_in)) averaged over the batch, ``x_in`` from TRADES' KL attack (``attacks.trades``); the training
+    accuracy is counted on the clean logits."""
+    logits = model(x)
+    kl = F.kl_div(F.log_softmax(model(x_in), dim=1), F.softmax(logits, dim=1), reduction="sum") / y.shape[0]
+    return F.cross_entropy(logits, y) + beta * kl, logits, {"kl": kl}
+
+
 def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0.0, rs_sigma: float = 0.01,
                          sampler: str = "auto"):
     """``CE + lamb * R`` (Xia & Li, 2021): R the flow-gradient (FGR) or input-gradient (IGR, Ross & Doshi-Velez,
@@ -97,5 +106,6 @@ def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0
 LOSSES = {
     "ce": cross_entropy,
     "mart": mart,
+    "trades": trades,
     "fgr": gradient_regularized,
 }

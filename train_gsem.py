@@ -4,23 +4,9 @@ passes per weight update. ``--loss pgd_at | trades | mart`` trains the baselines
 
     python train_gsem.py --classifier_name GSeMResNet18 --dataset_name cifar10
 """
-from __future__ import annotations
+from utils.gsem_training import script
 
-from utils.cli import Parser
-from utils.errors import RESUME_HINT, cli_entry
-from utils.gsem_training import add_gsem_train_args, run_gsem_training
-
-
-def get_args(argv=None):
-    p = Parser(__doc__)
-    add_gsem_train_args(p, loss="mixed")
-    return p.parse_args(argv)
-
-
-@cli_entry(on_interrupt=RESUME_HINT)
-def main(args):
-    return run_gsem_training(args, "gsem", defaults=vars(get_args([])))
-
+get_args, main = script(__doc__, "gsem", loss="mixed")
 
 if __name__ == "__main__":
     main(get_args())

@@ -154,8 +154,9 @@ def test_mart_correction_scope_flag_is_named():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,loss,classifier", [("gsem", "pgd_at", "GSeMResNet18"), ("gsem", "trades", "resnet18"),
-                                                    ("awp", "mixed", "GSeMResNet18"), ("awp", "trades", "GSeMResNet18")])
+@pytest.mark.parametrize("method,loss,classifier", [
+    ("gsem", "pgd_at", "GSeMResNet18"), ("gsem", "trades", "resnet18"), ("awp", "mixed", "GSeMResNet18"),
+    ("awp", "trades", "GSeMResNet18")])
 def test_every_objective_trains_in_the_one_loop_and_evaluates(method, loss, classifier, cifar10_root, tmp_path):
     import evaluate_gsem
 

@@ -21,10 +21,10 @@ from models import build_model, model_options
 from . import distributed as dist
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
-from .cli import (add_bool, add_run_args, add_speed_args, check_model_name, eps_255, nonneg_float, nonneg_int,
+from .cli import (Parser, add_bool, add_run_args, add_speed_args, check_model_name, eps_255, nonneg_float, nonneg_int,
                   positive_float, positive_int, settings_suffix)
 from .data import gsem_transforms, make_loaders, num_channels, num_classes
-from .errors import UserError
+from .errors import RESUME_HINT, UserError, cli_entry
 from .losses import LOSSES, with_gradient_correction
 from .runtime import eval_mode, prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
@@ -237,3 +237,24 @@ def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -
             torch.distributed.barrier()
     say(f"best half-adversarial accuracy {ckpt.best:.4f}: {ckpt.best_file}")
     return {"best": ckpt.best, "best_file": ckpt.best_file, "history": ckpt.history}
+
+
+def script(doc: str, method: str, *, loss: str, awp: bool = False):
+    """``(get_args, main)`` of a GSeM training script: the three differ only in ``method`` (the run name), the
+    default ``--loss`` and AWP."""
+
+    def get_args(argv=None):
+        p = Parser(doc)
+        add_gsem_train_args(p, loss=loss)
+        if awp:
+            p.add_argument("--awp_gamma", type=nonneg_float, default=0.01,
+                           help="AWP perturbation size, relative to ||w||")
+            p.add_argument("--awp_lr", type=positive_float, default=0.01, help="AWP proxy SGD step")
+        return p.parse_args(argv)
+
+    @cli_entry(on_interrupt=RESUME_HINT)
+    def main(args):
+        return run_gsem_training(args, method, awp=awp, defaults=vars(get_args([])))
+
+    return get_args, main
+

@@ -48,3 +48,12 @@ def test_reference_hooks_give_the_corrected_gradient():
         g_ours, g_ref = grad(ours, None), grad(ref, bench.reference_hooks)
         assert torch.allclose(g_ours, g_ref, rtol=1e-4, atol=1e-7)
         assert not torch.allclose(grad(ref, None), g_ref, rtol=1e-2, atol=1e-6)  # the hooks do change the gradient
+
+
+def test_objective_cost_benchmark_smoke(capsys):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    import objectives as objective_bench
+
+    times = objective_bench.main(["--smoke", "--batch_size", "2"])
+    assert set(times) == set(objective_bench.OBJECTIVES) and all(t > 0 for t in times.values())
+    assert "| trades |" in capsys.readouterr().out

@@ -87,7 +87,8 @@ def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None
     add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)")
     add_speed_args(p)
     add_run_args(p)
-    p.set_defaults(data_path="./dataset", workers=2)
+    # sync_bn: under torchrun BatchNorm takes its statistics over the global batch, as on the authors' single GPU
+    p.set_defaults(data_path="./dataset", workers=2, sync_bn=True)
 
 
 def objective(args, model):

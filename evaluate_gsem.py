@@ -154,8 +154,8 @@ def main(args):
             accs, t0 = [], time.time()
             for draw in range(args.repeat):
                 torch.manual_seed(args.seed + draw)
-                attack, settings = (build_attack(name, model, attack_config(args, n_classes, args.seed + draw))
-                                    if name != "Clean" else (None, {}))
+                attack = (build_attack(name, model, attack_config(args, n_classes, args.seed + draw))[0]
+                          if name != "Clean" else None)
                 res = attack_accuracy(model, loader, device, name, attack, bar=args.bar, amp=args.amp)
                 accs.append(res["acc"] if attack is not None else res["clean"])
                 if draw == 0:
@@ -165,7 +165,7 @@ def main(args):
             r = {"attack": name, "acc": accs[0], "accs": accs, "mean": statistics.fmean(accs),
                  "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n_examples": n,
                  "acc_on_clean_correct": int((flags & clean).sum()) / max(int(clean.sum()), 1),
-                 "settings": settings, "seeds": [args.seed + d for d in range(args.repeat)],
+                 "settings": settings, "seeds": [args.seed + d for d in range(args.repeat)],  # draw 0's settings
                  "seconds": time.time() - t0, "robust_flags": flags_to_str(flags)}
             results.rows[label] = r
             results.write(table(record))

@@ -155,7 +155,7 @@ def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem
     assert (record["alpha"], record["beta"]) == (5, 3)  # taken from the checkpoint
     rows = {r["attack"]: r for r in record["results"].values()}
     assert set(rows) == set(evaluate_gsem.ALL_ATTACKS) and "sanity" in record
-    assert len(rows["PGD500"]["accs"]) == 2
+    assert len(rows["PGD500"]["accs"]) == 2 and rows["APGD500"]["settings"]["seed"] == 0  # draw 0's settings
     assert all(0 <= r["acc"] <= 1 and 0 <= r["acc_on_clean_correct"] <= 1 for r in rows.values())  # fractions
     assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in rows.items() if k != "Clean")
     path = tmp_path / (os.path.basename(gsem_checkpoint)[:-3] + "_cifar10_eval.json")

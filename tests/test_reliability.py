@@ -113,6 +113,27 @@ def test_a_rerun_is_refused_without_resume_or_overwrite(cifar10_root, tmp_path, 
     assert json.loads((tmp_path / "w" / f"{name}.log.json").read_text())["args"]["overwrite"] is True
 
 
+def test_an_overwriting_run_resumes_with_resume_alone(cifar10_root, tmp_path, monkeypatch):
+    """Ctrl-C says "run the same command with --resume": --overwrite, --bar and --verify_data do not block it."""
+    argv = fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0", "--epochs", "2")
+    main.main(main.get_args(argv))
+    real, calls = training.train_one_epoch, {"n": 0}
+
+    def crash_on_second_epoch(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_one_epoch", crash_on_second_epoch)
+    with pytest.raises(SystemExit):
+        main.main(main.get_args(argv + ["--overwrite"]))
+    monkeypatch.setattr(training, "train_one_epoch", real)
+    main.main(main.get_args(argv + ["--resume", "--bar"]))
+    log = json.loads((tmp_path / "w" / "cifar10_vgg11_epochs2_batch_size8_subset16.log.json").read_text())
+    assert [r["epoch"] for r in log["epochs"]] == [1, 2]
+
+
 def test_a_smoke_run_never_takes_the_reference_name(cifar10_root, tmp_path):
     main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
     assert not (tmp_path / "w" / "cifar10_vgg11.pt").exists()

@@ -25,8 +25,8 @@ from .errors import UserError
 from .results import JsonLog, ensure_writable
 
 FORMAT = "robust-deform/2"
-# settings that may differ between an interrupted run and its resumption
-RESUME_FREE_ARGS = {"epochs", "resume", "no_bar", "device", "workers"}
+# settings that may differ between an interrupted run and its resumption (none changes the mathematics)
+RESUME_FREE_ARGS = {"epochs", "resume", "overwrite", "bar", "device", "workers", "verify_data"}
 
 
 def atomic_save(obj, path: str) -> None:

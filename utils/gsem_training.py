@@ -1,8 +1,8 @@
 """Gradient-corrected adversarial training of GSeM models (Liu et al., Pattern Recognition 2025; X-L-Liu/GSeM
 ``train_gsem.py``, ``train_gsem_mart.py``, ``train_gsem_awp.py``): the flags, the training attack, the
 half-adversarial test accuracy that selects the model, and the warm-restart ("reload") schedule, an outer loop
-around the one training loop (``utils.training.fit``). The three scripts differ only in the loss, the input policy
-and AWP.
+around the one training loop (``utils.training.fit``). The three scripts differ only in the method name, the default
+``--loss`` (:data:`OBJECTIVES`) and AWP (:func:`script`).
 """
 from __future__ import annotations
 

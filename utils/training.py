@@ -38,8 +38,9 @@ def _finite(loss, terms, model) -> torch.Tensor:
     ok = torch.isfinite(loss)
     for v in terms.values():
         ok = ok & torch.isfinite(v).all()
-    if grads:  # a sum of norms is finite iff every gradient is (norms are >= 0)
-        ok = ok & torch.isfinite(torch.stack([g.detach().float().norm() for g in grads]).sum())
+    if grads:  # a sum of norms is finite iff every gradient is (norms are >= 0); one multi-tensor kernel
+        norms = torch._foreach_norm(grads) if hasattr(torch, "_foreach_norm") else [g.norm() for g in grads]
+        ok = ok & torch.isfinite(torch.stack([n.float() for n in norms]).sum())
     return ok
 
 

@@ -1,5 +1,5 @@
 """Evaluate an FGR-trained classifier: clean accuracy and accuracy under adversarial deformations: the authors'
-multi-step L-inf flow attack (default), stAdv and ADef.
+multi-step L-inf flow attack (default), stAdv and ADef, or any registered attack.
 
     python evaluate.py --data_path your_path --data_name cifar10 --model_name vgg11 --fgr_lamb 300
     python evaluate.py ... --attacks flow stadv adef
@@ -7,67 +7,44 @@ multi-step L-inf flow attack (default), stAdv and ADef.
 The checkpoint is found from the same flags as main.py (``<weight_path>/<name>.pt``) or given with --checkpoint
 (this repository's format or a bare reference state_dict). The model, dataset, normalisation and preprocessing are
 read from the checkpoint; a flag that contradicts it is an error. Results go to ``<result_path>/<checkpoint>.json``
-and a markdown table beside it, one row per attack and settings, accumulating over runs (``flow`` is the authors'
-attack at its settings on the whole test set; other settings get their own rows, e.g. ``flow [steps=1]``).
-``val_acc`` and ``adv_acc`` are the reference's keys (fractions; ``adv_acc`` only from the ``flow`` row).
+and a markdown table beside it, one row per attack and settings in the format both evaluate scripts share,
+accumulating over runs (``flow`` is the authors' attack at its settings on the whole test set; other settings get
+their own rows, e.g. ``flow [flow_steps=1]``). ``val_acc`` and ``adv_acc`` are the reference's keys (fractions;
+``adv_acc`` only from the ``flow`` row).
 """
 from __future__ import annotations
 
 import os
-import time
 
-from attacks import AttackConfig, build_attack, list_attacks
+import torch
+
 from utils.checkpoint import file_sha256, load_checkpoint
-from utils.cli import (Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name,
-                       flow_budget, nonneg_float, positive_float, positive_int)
-from utils.data import dataset_stats, fgr_transforms, num_channels, num_classes
+from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name
+from utils.data import fgr_transforms
+from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import cli_entry
-from utils.evaluation import adopt_checkpoint_settings, attack_accuracy, load_for_evaluation, test_loader
-from utils.results import ResultFile, ensure_writable, row_label
+from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
+                              run_attacks, test_loader)
+from utils.results import ResultFile, ensure_writable
 from utils.runtime import start_run
 
 
-def get_args(argv=None):
+def parser() -> tuple[Parser, list[str]]:
+    """The parser and the flags that name the checkpoint (main.py's run name)."""
     p = Parser(__doc__)
-    add_fgr_model_args(p)
+    identity = add_fgr_model_args(p)
     add_run_args(p)
     p.add_argument("--checkpoint", type=str, default=None, help="checkpoint file (default <weight_path>/<name>.pt)")
-    p.add_argument("--flow_eps", type=flow_budget, default=0.01,
-                   help="L-inf flow budget, normalised align_corners=True units (0.01 = 0.155 px at 32x32)")
-    p.add_argument("--steps", type=positive_int, default=100, help="attack steps K (1 = single-step attack)")
-    p.add_argument("--batch_size", type=positive_int, default=128, help="evaluation batch size")
-    p.add_argument("--attacks", type=str, nargs="+", default=["flow"], choices=list_attacks(),
-                   help="attacks to run, from the registry (default: flow, as the reference)")
-    p.add_argument("--stadv_tau", type=nonneg_float, default=0.05,
-                   help="stAdv smoothness weight tau where its per-example search starts (the paper's)")
-    p.add_argument("--stadv_steps", type=positive_int, default=50, help="stAdv Adam iterations per search round")
-    p.add_argument("--stadv_search_steps", type=positive_int, default=4,
-                   help="stAdv rounds of the search over tau (1 = fixed tau, as the paper)")
-    p.add_argument("--stadv_lr", type=positive_float, default=0.02, help="stAdv Adam step, pixels")
-    p.add_argument("--stadv_init_std", type=nonneg_float, default=0.0,
-                   help="std (pixels) of stAdv's random initial flow (0 = zero flow)")
-    p.add_argument("--adef_sigma", type=nonneg_float, default=0.5, help="ADef Gaussian smoothing, pixels")
-    p.add_argument("--adef_overshoot", type=positive_float, default=1.2, help="ADef overshoot eta")
-    p.add_argument("--adef_steps", type=positive_int, default=100, help="ADef iteration cap")
-    p.add_argument("--adef_candidates", type=positive_int, default=9, help="ADef candidate classes per iteration")
-    p.add_argument("--adef_max_norm", type=positive_float, default=None, help="ADef T-norm budget, pixels (none)")
-    p.add_argument("--adef_variant", type=str, default="official", choices=["official", "improved"],
-                   help="official: the ADef code's stopping rule, candidates fixed from the clean image, its kernel "
-                        "size; improved: iterate to the cap, re-rank candidates every iteration")
+    add_eval_args(p, attacks=["flow"], batch_size=128)
+    return p, identity + ["seed"]
+
+
+def get_args(argv=None):
+    p, _ = parser()
     args = p.parse_args(argv)
+    check_attack_names(p, args)
     args.explicit = sorted(explicit_flags(p, argv))  # flags given, to tell them from the checkpoint's settings
     return args
-
-
-def attack_config(args, n_classes: int, image_size: int) -> AttackConfig:
-    """The registry's configuration from this script's flags."""
-    return AttackConfig(seed=args.seed, n_classes=n_classes, flow_eps=args.flow_eps, flow_steps=args.steps,
-                        image_size=image_size, stadv_tau=args.stadv_tau, stadv_steps=args.stadv_steps,
-                        stadv_search_steps=args.stadv_search_steps, stadv_lr=args.stadv_lr,
-                        stadv_init_std=args.stadv_init_std, adef_sigma=args.adef_sigma,
-                        adef_overshoot=args.adef_overshoot, adef_steps=args.adef_steps,
-                        adef_candidates=args.adef_candidates, adef_max_norm=args.adef_max_norm,
-                        adef_variant=args.adef_variant)
 
 
 def table(record) -> list[str]:
@@ -75,70 +52,62 @@ def table(record) -> list[str]:
              f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images", "",
              "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
              "| settings |", "|---|---|---|---|---|"]
-    for label, r in record["attacks"].items():
-        tn = f"{r['tnorm_px_mean']:.3f} / {r['tnorm_px_median']:.3f}" if r.get("tnorm_px_mean") is not None else "–"
-        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "units")
+    for label, r in record["rows"].items():
+        tn = r.get("deformation", {}).get("tnorm_px", {})
+        tn = f"{tn['mean']:.3f} / {tn['median']:.3f}" if tn.get("mean") is not None else "–"
+        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['success_rate']:.1f} ({r['n_success']} / "
                      f"{r['n_clean_correct']}) | {tn} | {sets} |")
     return lines
+
+
+def reference_keys(old: dict, record: dict) -> None:
+    """The reference's keys, settled at every write: ``val_acc`` is the clean accuracy, but a subset never replaces
+    the whole test set's; ``adv_acc`` is the ``flow`` row's (the authors' attack at their settings, whole test set)."""
+    record["val_acc"], record["val_n"] = record["clean"]["acc"], record["clean"]["n"]
+    if old.get("val_n") and old["val_n"] > record["val_n"]:
+        record["val_acc"], record["val_n"] = old["val_acc"], old["val_n"]
+    record["adv_acc"] = record["rows"]["flow"]["acc"] if "flow" in record["rows"] else None
 
 
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
     device, say = start_run(args)
-    path = args.checkpoint or os.path.join(args.weight_path, f"{fgr_run_name(args)}.pt")
+    p, identity = parser()
+    name = fgr_run_name(args, vars(p.parse_args([])), identity)
+    path = args.checkpoint or os.path.join(args.weight_path, f"{name}.pt")
     ckpt = load_checkpoint(path)
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("model_name", "data_name", "normalize", "augment"))
-    n_classes = num_classes(args.data_name)
-    normalize = dataset_stats(args.data_name) if args.normalize else None
-    model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device, normalize=normalize,
-                                options={"in_channels": num_channels(args.data_name)})
+    n_classes, channels = num_classes(args.data_name), num_channels(args.data_name)
+    model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device,
+                                normalize=dataset_stats(args.data_name) if args.normalize else None,
+                                options={"in_channels": channels} if channels != 3 else {})
     ensure_writable(args.result_path)
-    loader, n_examples = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
+    loader, n, n_total = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
-    n_total = len(loader.dataset.dataset)
-    size = loader.dataset[0][0].shape[-1]
-    cfg, reference = attack_config(args, n_classes, size), AttackConfig(n_classes=n_classes, image_size=size)
     stem = os.path.splitext(os.path.basename(path))[0]
-    record = {"name": stem, "val_acc": None, "val_n": None, "adv_acc": None,
+    record = {"script": "evaluate.py", "name": stem, "val_acc": None, "val_n": n, "adv_acc": None,
               "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
+              "model_spec": getattr(model, "model_spec", None), "data": {"name": args.data_name, "n": n},
               "trained_epochs": ckpt.get("epoch"), "train_args": ckpt.get("args"), "device": str(device),
-              "args": vars(args)}
-    results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, "attacks", say,
-                         carry=("val_acc", "val_n", "adv_acc"))
-    for attack_name in args.attacks:
-        attack, settings = build_attack(attack_name, model, cfg)
-        label = row_label(attack_name, settings, build_attack(attack_name, model, reference)[1],
-                          {"n": n_examples} if n_examples < n_total else None)
-        t0 = time.time()
-        r = attack_accuracy(model, loader, device, attack_name, attack, bar=args.bar)
-        success = r["clean_flags"] & ~r["flags"]  # correct before, fooled after
-        n_correct = int(r["clean_flags"].sum())
-        row = {"attack": attack_name, "acc": r["acc"], "clean_acc": r["clean"], "n_examples": n_examples,
-               "n_clean_correct": n_correct, "n_success": int(success.sum()),
-               "success_rate": int(success.sum()) / max(n_correct, 1), "settings": settings}
-        if "tnorm" in r:
-            tnorm = r["tnorm"][success]
-            row["tnorm_px_mean"] = tnorm.mean().item() if len(tnorm) else None
-            row["tnorm_px_median"] = tnorm.median().item() if len(tnorm) else None
-        row["seconds"] = time.time() - t0
-        if label in results.rows:
-            say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
-        results.rows[label] = row
-        if record["val_n"] is None or n_examples >= record["val_n"]:  # a subset never replaces the whole test set
-            record["val_acc"], record["val_n"] = r["clean"], n_examples
-        if label == "flow":  # the reference key: the authors' attack at its settings on the whole test set
-            record["adv_acc"] = row["acc"]
-        if attack_name == args.attacks[0]:
-            say(f"val   - acc: {r['clean']:.4f}")
-        flow_note = ""
-        if "tnorm" in r:
-            median = row["tnorm_px_median"]
-            flow_note = f"; median T-norm of successful flows {'-' if median is None else f'{median:.3f} px'}"
-        say(f"adv   - acc: {row['acc']:.4f}  ({label}: {100 * row['success_rate']:.1f}% success, {row['n_success']} of "
-            f"{row['n_clean_correct']} correctly classified points fooled{flow_note})")
-        md = results.write(table(record))
+              "torch": torch.__version__, "args": vars(args)}
+    results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, say, merge=reference_keys)
+
+    def line(attack, row):
+        if row is None:  # "Clean" in --attacks: the clean accuracy's line
+            return
+        deform = row.get("deformation", {}).get("tnorm_px", {}).get("median", "absent")
+        note = "" if deform == "absent" else \
+            f"; median T-norm of successful flows {'-' if deform is None else f'{deform:.3f} px'}"
+        say(f"adv   - acc: {row['acc']:.4f}  ({row['label']}: {100 * row['success_rate']:.1f}% success, "
+            f"{row['n_success']} of {row['n_clean_correct']} correctly classified points fooled{note})")
+
+    size = loader.dataset[0][0].shape[-1]
+    run_attacks(model, loader, device, args, n=n, n_total=n_total, n_classes=n_classes, image_size=size,
+                results=results, table=table, say=say, line=line,
+                on_clean=lambda acc: say(f"val   - acc: {acc:.4f}"))
+    md = results.write(table)
     say(f"wrote {results.path} and {md}")
     return record
 

@@ -16,21 +16,18 @@ import torch
 from attacks import FlowAttack
 from models import build_model
 from utils.checkpoint import Checkpointer
-from utils.cli import (Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name,
-                       fgr_run_name, nonneg_float, positive_float, positive_int, settings_suffix)
-from utils.data import dataset_stats, fgr_device_transforms, fgr_transforms, make_loaders, num_channels, num_classes
+from utils.argtypes import nonneg_float, positive_float, positive_int
+from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
+from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
+from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
-from utils.losses import LOSSES
+from utils.losses import gradient_regularized
 from utils.runtime import prepare_training_model, start_run
 from utils.training import TrainStep, fit
 
 
-# result-changing settings that the reference's run name does not hold: a run with another value gets a suffix
-TRAINING_KEYS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones", "select", "amp", "subset")
-
-
-def get_args(argv=None):
+def parser() -> Parser:
     p = Parser(__doc__)
     add_fgr_model_args(p)
     add_run_args(p)
@@ -49,12 +46,18 @@ def get_args(argv=None):
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
     add_bool(p, "amp", False, "bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); the "
                               "reference trains in fp32")
-    add_bool(p, "resume", False, "continue an interrupted run from <name>.last.pt")
-    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)")
+    add_bool(p, "resume", False, "continue an interrupted run from <name>.last.pt", result=False)
+    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)",
+             result=False)
     add_bool(p, "device_data", None, "hold the dataset on the device as uint8 and crop/flip per example there (same "
-                                     "distribution as the torchvision pipeline; no workers); None: on for CUDA")
+                                     "distribution as the torchvision pipeline; no workers); None: on for CUDA",
+             result=False)
     add_speed_args(p)
-    return p.parse_args(argv)
+    return p
+
+
+def get_args(argv=None):
+    return parser().parse_args(argv)
 
 
 @cli_entry(on_interrupt=RESUME_HINT)
@@ -72,8 +75,9 @@ def main(args):
         workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
         device_augment=device_aug, device=device, bar=args.bar)
     normalize = dataset_stats(args.data_name) if args.normalize else None
+    channels = num_channels(args.data_name)
     model = build_model(args.model_name, n_cls, normalize=normalize,
-                        options={"in_channels": num_channels(args.data_name)}).to(device)
+                        **({"in_channels": channels} if channels != 3 else {})).to(device)
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
     # evaluation use the plain module
     train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,
@@ -82,14 +86,15 @@ def main(args):
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
-    loss_fn = functools.partial(LOSSES["fgr"], reg=args.reg, lamb=args.fgr_lamb, rs_sigma=args.rs_sigma,
+    loss_fn = functools.partial(gradient_regularized, reg=args.reg, lamb=args.fgr_lamb, rs_sigma=args.rs_sigma,
                                 sampler=args.sampler)
     attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None
     step = TrainStep(train_model, optimizer, loss_fn, make_input=attack, amp=args.amp, device=device)
-    name = fgr_run_name(args) + settings_suffix(args, vars(get_args([])), TRAINING_KEYS)
+    p = parser()
+    name = fgr_run_name(args, vars(p.parse_args([])), p.result_flags())
     path = os.path.join(args.weight_path, name)
-    checkpointer = Checkpointer(f"{path}.last.pt", f"{path}.log.json", vars(args), best_path=f"{path}.pt",
-                                select_key="val_acc", select=args.select)
+    checkpointer = Checkpointer(f"{path}.last.pt", f"{path}.log.json", vars(args), result_keys=p.result_flags(),
+                                best_path=f"{path}.pt", select_key="val_acc", select=args.select)
     checkpointer.prepare(model, resume=args.resume, overwrite=args.overwrite)
     say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
     if args.fgr_lamb > 0 and args.batch_size != 128:

@@ -6,7 +6,7 @@ passes per weight update. ``--loss pgd_at | trades | mart`` trains the baselines
 """
 from utils.gsem_training import script
 
-get_args, main = script(__doc__, "gsem", loss="mixed")
+parser, get_args, main = script(__doc__, "gsem", loss="mixed")
 
 if __name__ == "__main__":
     main(get_args())

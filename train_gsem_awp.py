@@ -6,7 +6,7 @@ gives AWP to any other objective (mixed, pgd_at, trades).
 """
 from utils.gsem_training import script
 
-get_args, main = script(__doc__, "awp", loss="mart", awp=True)
+parser, get_args, main = script(__doc__, "awp", loss="mart", awp=True)
 
 if __name__ == "__main__":
     main(get_args())

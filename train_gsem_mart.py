@@ -5,7 +5,7 @@ reference): PGD-10 (EOT 10) on the whole batch, MART loss, 10 noisy passes per w
 """
 from utils.gsem_training import script
 
-get_args, main = script(__doc__, "mart", loss="mart")
+parser, get_args, main = script(__doc__, "mart", loss="mart")
 
 if __name__ == "__main__":
     main(get_args())

@@ -1,10 +1,21 @@
 """Attacks: small classes, every hyperparameter in the constructor, ``attack(x, y) -> x_adv`` in [0, 1], and one
-registry (``build_attack``) that both evaluate scripts use."""
-from .adef import ADef
-from .base import Attack
-from .flow import FlowAttack
-from .pgd import PGD
-from .registry import ATTACKS, AttackConfig, build_attack, list_attacks
-from .stadv import StAdv
+registry (``attacks.registry``) that both evaluate scripts use. Every module of this package is imported here, so an
+attack registers itself by being in a file of the package."""
+import importlib
+import pkgutil
 
-__all__ = ["Attack", "FlowAttack", "PGD", "StAdv", "ADef", "ATTACKS", "AttackConfig", "build_attack", "list_attacks"]
+from .base import Attack, Uncorrected
+from .registry import (ATTACKS, AttackConfig, Budget, Knob, add_attack_args, attack_label, build_attack,
+                       list_attacks, register_attack)
+
+from .flow import FlowAttack  # noqa: E402  (registration order: the FGR attacks, then the GSeM suite)
+from .stadv import StAdv  # noqa: E402
+from .adef import ADef  # noqa: E402
+from .pgd import PGD  # noqa: E402
+from . import cw, autoattack_lib  # noqa: E402,F401
+
+for _module in pkgutil.iter_modules(__path__):  # any other file of the package: a new attack registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["Attack", "Uncorrected", "FlowAttack", "PGD", "StAdv", "ADef", "ATTACKS", "AttackConfig", "Budget", "Knob",
+           "add_attack_args", "attack_label", "build_attack", "list_attacks", "register_attack"]

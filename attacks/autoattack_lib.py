@@ -14,7 +14,11 @@ from pyautoattack.autopgd_base import APGDAttack, APGDAttack_targeted
 from pyautoattack.fab_pt import FABAttack_PT
 from pyautoattack.square import SquareAttack
 
+from utils.eot import eot_passes
+
 from .base import Attack
+from .multi import MultiAttack
+from .registry import EOT_ITER, EPS, STEPS_SCALE, Budget, register_attack, scaled
 
 LOGGER = logging.getLogger("auto-attack")
 
@@ -47,6 +51,11 @@ class LibraryAttack(Attack):
     def perturb(self, x, y):
         self.attack.device = x.device
         return self.attack.perturb(x, y).detach()
+
+    def settings(self) -> dict:
+        keys = ("norm", "eps", "n_iter", "n_restarts", "n_queries", "eot_iter", "rho", "seed", "loss",
+                "n_target_classes", "p_init", "rescale_schedule")
+        return {k: v for k in keys if isinstance(v := getattr(self.attack, k, None), (int, float, str))}
 
 
 def apgd(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, rho=0.75, seed=0, loss="ce"):
@@ -102,3 +111,38 @@ class LibraryAutoAttack(Attack):
             self._by_device[x.device] = self._build(x.device)
         x_adv, _ = self._by_device[x.device].run_standard_evaluation(x, y, batch_size=x.shape[0])
         return x_adv.to(x.device)
+
+
+@register_attack("APGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+def apgd500(model, cfg):
+    """The GSeM reference's APGD500: APGD-CE, 500 steps, 50 restarts, EOT, rho 0.75, seed (library class)."""
+    return apgd(model, eps=cfg.eps, steps=scaled(500, cfg.steps_scale), restarts=scaled(50, cfg.steps_scale),
+                eot_iter=eot_passes(model, cfg.eot_iter), seed=cfg.seed)
+
+
+@register_attack("AA", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+def autoattack_reference(model, cfg):
+    """AA as the GSeM reference ran it (10 iterations per stage, not AutoAttack's 100): APGD-CE -> APGD-T -> FAB-T ->
+    Square (5000 queries, rescaled schedule), EOT, each stage on the points still robust."""
+    it, q, n_targets = scaled(10, cfg.steps_scale), scaled(5000, cfg.steps_scale), min(9, cfg.n_classes - 1)
+    common = dict(eps=cfg.eps, steps=it, restarts=1, eot_iter=eot_passes(model, cfg.eot_iter), seed=cfg.seed)
+    return MultiAttack(model, [
+        ("APGD-CE", apgd(model, **common)),
+        ("APGD-T", apgd_targeted(model, n_target_classes=n_targets, **common)),
+        ("FAB-T", fab_targeted(model, n_target_classes=n_targets, **common)),
+        ("Square", square(model, eps=cfg.eps, queries=q, restarts=1, seed=cfg.seed)),
+    ])
+
+
+def _library_autoattack(version):
+    def factory(model, cfg):
+        return LibraryAutoAttack(model, version, eps=cfg.eps, eot_iter=eot_passes(model, cfg.eot_iter),
+                                 scale=lambda n: scaled(n, cfg.steps_scale), seed=cfg.seed)
+
+    factory.__doc__ = f"pyautoattack's AutoAttack version='{version}', APGD's EOT from eot_iter."
+    return factory
+
+
+register_attack("AA-standard", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(
+    _library_autoattack("standard"))
+register_attack("AA-rand", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(_library_autoattack("rand"))

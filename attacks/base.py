@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from utils.runtime import eval_mode
+from models import gradient_correction
+from utils.modes import eval_mode
 
 
 class Attack:
@@ -25,3 +26,24 @@ class Attack:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with eval_mode(self.model), torch.enable_grad():  # gradients even when called under torch.no_grad()
             return self.perturb(x.detach(), y.detach())
+
+    def settings(self) -> dict:
+        """The hyperparameters this object runs with (its scalar attributes), for the result record."""
+        return {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and not k.startswith("last_") and (v is None or isinstance(v, (bool, int, float, str)))}
+
+
+class Uncorrected(Attack):
+    """Run ``attack`` with every GSeM module's gradient correction off (the masked gradient): the paper's ablation,
+    and an evaluation of how much the correction matters."""
+
+    def __init__(self, model, attack):
+        super().__init__(model)
+        self.attack = attack
+
+    def perturb(self, x, y):
+        with gradient_correction(self.model, False):
+            return self.attack(x, y)
+
+    def settings(self) -> dict:
+        return {**self.attack.settings(), "corrected": False}

@@ -13,7 +13,11 @@ from __future__ import annotations
 
 import torch
 
+from utils.eot import eot_passes
+
 from .base import Attack
+from .pgd import pgd_from
+from .registry import EOT_ITER, EPS, STEPS_SCALE, Budget, register_attack, scaled
 
 
 def _cw_f(logits, y, kappa):
@@ -66,3 +70,16 @@ class CWL2(Attack):
                     break
                 prev_cost = c
         return best_adv
+
+
+@register_attack("CW100", EOT_ITER, STEPS_SCALE)
+def cw100(model, cfg):
+    """The GSeM reference's "CW100": unbounded L2 Carlini-Wagner, 500 steps (sic), c 1, kappa 0, Adam lr 0.01, EOT."""
+    return CWL2(model, c=1.0, kappa=0.0, steps=scaled(500, cfg.steps_scale), lr=0.01,
+                eot_iter=eot_passes(model, cfg.eot_iter))
+
+
+@register_attack("CWinf", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+def cw_inf(model, cfg):
+    """100-step L-inf PGD on the CW margin loss, step 2/255 (what most adversarial-training papers call CW)."""
+    return pgd_from(model, cfg, 100, 2 / 255, loss_fn=cw_margin)

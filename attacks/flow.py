@@ -10,9 +10,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from utils.argtypes import flow_budget, positive_int
 from utils.flow import normalized_to_pixels, warp
 
 from .base import Attack
+from .registry import STEPS_SCALE, Budget, Knob, register_attack, scaled
 
 
 class FlowAttack(Attack):
@@ -51,3 +53,15 @@ class FlowAttack(Attack):
         self.last_flow = n.detach()
         with torch.no_grad():
             return warp(x, n).clamp(0, 1)
+
+
+FLOW_EPS = Knob("flow_eps", flow_budget, 0.01, "L-inf flow budget of the authors' flow attack",
+                unit="normalised align_corners=True units, 0.01 = 0.155 px at 32x32")
+FLOW_STEPS = Knob("flow_steps", positive_int, 100, "flow attack steps K (step flow_eps/K; 1 = the single-step attack)",
+                  flags=("--steps", "--flow_steps"))
+
+
+@register_attack("flow", FLOW_EPS, FLOW_STEPS, STEPS_SCALE, budget=Budget("flow_eps", "flow_linf"))
+def flow(model, cfg):
+    """The FGR authors' multi-step L-inf flow attack: sign ascent of CE on the flow, step eps/K, last iterate."""
+    return FlowAttack(model, eps=cfg.flow_eps, steps=scaled(cfg.flow_steps, cfg.steps_scale))

@@ -29,3 +29,6 @@ class MultiAttack(Attack):
             if todo.numel() == 0:
                 break
         return final
+
+    def settings(self) -> dict:
+        return {f"{name}.{k}": v for name, attack in self.attacks for k, v in attack.settings().items()}

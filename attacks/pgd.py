@@ -8,10 +8,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.runtime import autocast
+from utils.argtypes import nonneg_float, positive_int
 from utils.eot import eot_input_grad
 
-from .base import Attack
+from .base import Attack, Uncorrected
+from .registry import EOT_ITER, EPS, STEPS_SCALE, Budget, Knob, register_attack, scaled
 
 
 def ce_per_example(logits, y):
@@ -21,26 +22,52 @@ def ce_per_example(logits, y):
 class PGD(Attack):
     """Args: eps and alpha (step) in [0, 1] pixel units (8/255 means 8 grey levels), steps, random_start (uniform in
     the eps-ball), eot_iter (noise samples per step), batched_eot (copies of the batch in one forward, at most
-    eot_batch images each; default per device, ``utils.eot``), amp (bf16 autocast where the device has native
-    bf16), loss_fn(logits, y) -> per-example loss to ascend (default cross-entropy)."""
+    eot_batch images each; default per device, ``utils.eot``), loss_fn(logits, y) -> per-example loss to ascend
+    (default cross-entropy). Precision is the caller's: run it under ``utils.precision.autocast`` for bf16."""
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True, eot_iter=1,
-                 batched_eot=True, amp=False, loss_fn=ce_per_example, eot_batch=None):
+                 batched_eot=True, loss_fn=ce_per_example, eot_batch=None):
         super().__init__(model)
         if eps < 0 or alpha < 0 or steps < 0 or eot_iter < 1:
             raise ValueError("PGD needs eps >= 0, alpha >= 0, steps >= 0, eot_iter >= 1")
         self.eps, self.alpha, self.steps = eps, alpha, int(steps)
         self.random_start, self.eot_iter, self.batched_eot = random_start, int(eot_iter), batched_eot
-        self.amp, self.loss_fn, self.eot_batch = amp, loss_fn, eot_batch
+        self.loss_fn, self.eot_batch = loss_fn, eot_batch
 
     def perturb(self, x, y):
         x_adv = x.clone()
         if self.random_start:
             x_adv = (x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
         for _ in range(self.steps):
-            with autocast(x.device, self.amp):
-                g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot,
-                                      self.eot_batch)
+            g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot, self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
         return x_adv.detach()
+
+
+def pgd_from(model, cfg, steps: int, alpha: float, **kwargs) -> PGD:
+    """PGD with ``cfg``'s budget, EOT and speed options (``steps`` before ``--steps_scale``)."""
+    return PGD(model, eps=cfg.eps, alpha=alpha, steps=scaled(steps, cfg.steps_scale), eot_iter=cfg.eot_iter,
+               batched_eot=cfg.batched_eot, eot_batch=cfg.eot_batch, **kwargs)
+
+
+@register_attack("PGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+def pgd500(model, cfg):
+    """The GSeM reference's PGD500: L-inf, step 2/255, 500 steps, random start, EOT, last iterate."""
+    return pgd_from(model, cfg, 500, 2 / 255)
+
+
+@register_attack("PGD-uncorrected", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+def pgd500_uncorrected(model, cfg):
+    """PGD500 with the masked gradient (GSeM's correction off): how much the correction matters."""
+    return Uncorrected(model, pgd_from(model, cfg, 500, 2 / 255))
+
+
+PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack")
+PGD_ALPHA = Knob("pgd_alpha", nonneg_float, 2.0, "step of the general PGD attack", unit="1/255", scale=1 / 255)
+
+
+@register_attack("PGD", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, STEPS_SCALE, budget=Budget("eps", "linf"))
+def pgd(model, cfg):
+    """L-inf PGD with any number of steps and step size (default PGD-10, step 2/255), random start, EOT."""
+    return pgd_from(model, cfg, cfg.pgd_steps, cfg.pgd_alpha)

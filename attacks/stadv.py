@@ -25,9 +25,11 @@ import math
 
 import torch
 
+from utils.argtypes import nonneg_float, positive_float, positive_int
 from utils.flow import pixel_flow_to_normalized, warp
 
 from .base import Attack
+from .registry import STEPS_SCALE, Knob, register_attack, scaled
 
 
 def flow_smoothness(f: torch.Tensor) -> torch.Tensor:
@@ -125,3 +127,20 @@ class StAdv(Attack):
         self.last_flow = pixel_flow_to_normalized(best_f) * success.view(-1, 1, 1, 1)
         self.last_success = success
         return torch.where(success.view(-1, 1, 1, 1), x_def, x)
+
+
+STADV_KNOBS = (
+    Knob("stadv_tau", nonneg_float, 0.05, "stAdv smoothness weight tau where its per-example search starts (the "
+         "paper's)"),
+    Knob("stadv_steps", positive_int, 50, "stAdv Adam iterations per search round"),
+    Knob("stadv_search_steps", positive_int, 4, "stAdv rounds of the search over tau (1 = fixed tau)"),
+    Knob("stadv_lr", positive_float, 0.02, "stAdv Adam step", unit="px"),
+    Knob("stadv_init_std", nonneg_float, 0.0, "std of stAdv's random initial flow (0 = zero flow)", unit="px"),
+)
+
+
+@register_attack("stadv", *STADV_KNOBS, STEPS_SCALE)
+def stadv(model, cfg):
+    """stAdv (Xiao et al. 2018), untargeted, per example: Adam, a C&W-style search over tau; minimum deformation."""
+    return StAdv(model, tau=cfg.stadv_tau, steps=scaled(cfg.stadv_steps, cfg.steps_scale),
+                 search_steps=cfg.stadv_search_steps, lr=cfg.stadv_lr, init_std=cfg.stadv_init_std)

@@ -1,13 +1,13 @@
 """TRADES' inner maximisation (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades.py``): L-inf PGD on
 KL(f(x) || f(x')), started at x + 0.001 N(0, 1), sign steps, projection onto the eps-ball and [0, 1]; EOT over the
-GSeM noise through the one EOT helper (the clean prediction from one pass)."""
+GSeM noise through the one EOT helper (the clean prediction from one pass). A training attack (``--loss trades``),
+not registered for evaluation."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from utils.eot import eot_input_grad
-from utils.runtime import autocast
 
 from .base import Attack
 
@@ -18,22 +18,19 @@ def kl_to(logits, p_clean):
 
 
 class TradesPGD(Attack):
-    """Args: eps, alpha (step) in [0, 1] pixel units, steps, eot_iter, batched_eot, eot_batch, amp (as :class:`PGD`)."""
+    """Args: eps, alpha (step) in [0, 1] pixel units, steps, eot_iter, batched_eot, eot_batch (as :class:`PGD`)."""
 
-    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, eot_iter=1, batched_eot=True, amp=False,
-                 eot_batch=None):
+    def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, eot_iter=1, batched_eot=True, eot_batch=None):
         super().__init__(model)
         self.eps, self.alpha, self.steps, self.eot_iter = eps, alpha, int(steps), int(eot_iter)
-        self.batched_eot, self.amp, self.eot_batch = batched_eot, amp, eot_batch
+        self.batched_eot, self.eot_batch = batched_eot, eot_batch
 
     def perturb(self, x, y):
-        with torch.no_grad(), autocast(x.device, self.amp):
+        with torch.no_grad():
             p_clean = F.softmax(self.model(x).float(), dim=1)
         x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
         for _ in range(self.steps):
-            with autocast(x.device, self.amp):
-                g, _ = eot_input_grad(self.model, x_adv, p_clean, kl_to, self.eot_iter, self.batched_eot,
-                                      self.eot_batch)
+            g, _ = eot_input_grad(self.model, x_adv, p_clean, kl_to, self.eot_iter, self.batched_eot, self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
         return x_adv.detach()

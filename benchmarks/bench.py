@@ -46,12 +46,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD, ADef, FlowAttack, StAdv  # noqa: E402
 from attacks.autoattack_lib import apgd  # noqa: E402
-from utils.runtime import eval_mode  # noqa: E402
+from utils.modes import eval_mode  # noqa: E402
 from models import build_model  # noqa: E402
 from models.gsem import GradSemiMaskModule  # noqa: E402
 from utils.data import DeviceLoader, fgr_device_transforms, fgr_transforms  # noqa: E402
 from utils.losses import cross_entropy, gradient_regularized  # noqa: E402
-from utils.runtime import autocast, bf16_native, fast_path  # noqa: E402
+from utils.precision import autocast, bf16_native  # noqa: E402
+from utils.runtime import fast_path  # noqa: E402
 from utils.training import TrainStep, half_adversarial  # noqa: E402
 
 WORKLOADS = ["fgr", "gsem", "pgd", "apgd", "fgr-amp", "pgd-amp", "apgd-amp", "data", "stadv", "adef"]
@@ -241,7 +242,7 @@ def make_ours(workload, device, x, y, k=RECIPE):
                          amp=amp, device=device)
     elif base == "gsem":
         model = _setup("GSeMResNet18", device, amp).train()
-        attack = PGD(model, 8 / 255, 2 / 255, k["attack_steps"], eot_iter=k["att_eot"], batched_eot=True, amp=amp)
+        attack = PGD(model, 8 / 255, 2 / 255, k["attack_steps"], eot_iter=k["att_eot"], batched_eot=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         step = TrainStep(model, opt, cross_entropy, make_input=half_adversarial(attack), eot_iter=k["gra_eot"],
                          amp=amp, device=device)
@@ -251,7 +252,7 @@ def make_ours(workload, device, x, y, k=RECIPE):
                   else apgd(model, steps=1, restarts=1, eot_iter=k["eval_eot"]))
 
         def run():
-            with autocast(device, amp):  # evaluate_gsem.py --amp: the whole evaluation under autocast
+            with autocast(device, amp):  # evaluate_gsem.py --amp: the attacks under autocast
                 return attack(x, y)
         return run
     return lambda: step(x, y)

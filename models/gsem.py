@@ -48,6 +48,11 @@ class GradSemiMaskModule(nn.Module):
         self.conv2 = nn.Conv2d(2 * in_planes, in_planes, kernel_size=3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(in_planes)
 
+    @property
+    def stochastic(self) -> bool:
+        """A fresh noise draw at every forward (beta > 0): attacks average over it (EOT)."""
+        return self.beta > 0
+
     def quantize(self, t0: torch.Tensor) -> torch.Tensor:
         """Quantise to the 1/alpha grid plus a fresh integer noise draw in [-beta, beta] per element."""
         noise = torch.randint_like(t0, -self.beta, self.beta + 1) if self.beta > 0 else torch.zeros_like(t0)

@@ -34,7 +34,6 @@ class ResNet(nn.Module):
 
     def __init__(self, num_blocks=(2, 2, 2, 2), num_classes=10, in_channels=3):
         super().__init__()
-        self.input_norm = nn.Identity()
         self.in_planes = 64
         self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
@@ -49,7 +48,7 @@ class ResNet(nn.Module):
         """Subclasses add modules here so their state_dict keys sit between the stem and layer1."""
 
     def stem(self, x):
-        return F.relu(self.bn1(self.conv1(self.input_norm(x))))
+        return F.relu(self.bn1(self.conv1(x)))
 
     def _make_layer(self, planes, n, stride):
         layers = []

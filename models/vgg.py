@@ -18,7 +18,6 @@ CFG = {
 class VGG(nn.Module):
     def __init__(self, cfg, num_classes=10, in_channels=3):
         super().__init__()
-        self.input_norm = nn.Identity()
         layers, in_ch = [], in_channels
         for v in cfg:
             if v == "M":
@@ -31,7 +30,7 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
 
     def forward(self, x):
-        out = self.features(self.input_norm(x))
+        out = self.features(x)
         return self.classifier(out.flatten(1))
 
 

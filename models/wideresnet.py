@@ -38,7 +38,6 @@ class WideResNet(nn.Module):
             raise ValueError("WRN depth must be 6n+4")
         n = (depth - 4) // 6
         widths = [stem_width, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        self.input_norm = nn.Identity()
         self.in_planes = widths[0]
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=True)
         self.stem_hook()
@@ -52,7 +51,7 @@ class WideResNet(nn.Module):
         """Subclasses add modules here so their state_dict keys sit between the stem and layer1."""
 
     def stem(self, x):
-        return self.conv1(self.input_norm(x))
+        return self.conv1(x)
 
     def _make_layer(self, planes, n, dropout_rate, stride):
         layers = []

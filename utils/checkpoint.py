@@ -3,8 +3,10 @@
 
 A checkpoint of this repository is a dict: the best model file holds::
 
-    {"format": "robust-deform/2", "model": state_dict, "args": vars(args), "epoch": int, "context": {...},
-     "metrics": {...}}
+    {"format": "robust-deform/2", "model": state_dict, "model_spec": {...}, "args": vars(args), "epoch": int,
+     "context": {...}, "metrics": {...}}
+
+(``model_spec``: the registry's record of the model, ``models.build_from_spec`` rebuilds it from the file alone)
 
 and the resume state (``*.last.pt``) adds ``best``, ``best_file``, ``history``, ``optimizer``, ``scheduler``, ``rng``.
 
@@ -25,8 +27,6 @@ from .errors import UserError
 from .results import JsonLog, ensure_writable
 
 FORMAT = "robust-deform/2"
-# settings that may differ between an interrupted run and its resumption (none changes the mathematics)
-RESUME_FREE_ARGS = {"epochs", "resume", "overwrite", "bar", "device", "workers", "verify_data"}
 
 
 def atomic_save(obj, path: str) -> None:
@@ -132,8 +132,9 @@ class Checkpointer:
     Args:
         last_path: the full training state after the latest finished epoch (``--resume`` continues from it).
         log_path: the JSON log (args + one record per epoch).
-        args: the run's settings (``vars(args)``), stored everywhere; a resume with other settings (except
-            :data:`RESUME_FREE_ARGS`) is refused.
+        args: the run's settings (``vars(args)``), stored everywhere.
+        result_keys: the settings that change the run's result (``utils.cli.Parser.result_flags``); a resume with
+            another value of any of them is refused.
         best_path: the best checkpoint's path, or a function ``record -> path`` (e.g. the accuracy in the file name,
             as the GSeM reference names its checkpoints); when the name changes the previous best file is removed.
         select_key: the record entry that defines "best" (higher is better).
@@ -145,11 +146,13 @@ class Checkpointer:
     resume state: a resume continues only the epochs of the same context. Under torchrun only rank 0 writes.
     """
 
-    def __init__(self, last_path: str, log_path: str, args: dict, *, best_path, select_key: str = "val_acc",
-                 select: str = "best", best: float = -math.inf, best_file: str | None = None):
+    def __init__(self, last_path: str, log_path: str, args: dict, *, result_keys, best_path,
+                 select_key: str = "val_acc", select: str = "best", best: float = -math.inf,
+                 best_file: str | None = None):
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
         self.last_path, self.args, self.best_path = last_path, args, best_path
+        self.result_keys = list(result_keys)
         self.select_key, self.select = select_key, select
         self.best, self.best_file, self.keep = best, best_file, best_file
         self.context: dict = {}
@@ -191,8 +194,8 @@ class Checkpointer:
         Returns the state, or None when there is none."""
         if self._state is None and os.path.isfile(self.last_path):
             state = load_checkpoint(self.last_path)
-            changed = {k: (state["args"].get(k), v) for k, v in self.args.items()
-                       if k not in RESUME_FREE_ARGS and state["args"].get(k) != v}
+            changed = {k: (state["args"].get(k), self.args.get(k)) for k in self.result_keys
+                       if state["args"].get(k) != self.args.get(k)}
             if changed:
                 detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 raise UserError(f"--resume: {self.last_path} was written with other settings ({detail})")
@@ -226,7 +229,8 @@ class Checkpointer:
         record[f"best_{self.select_key}"] = self.best
         main = dist.is_main()
         self.log.append(record, write=main)
-        model = {"format": FORMAT, "model": net.state_dict(), "args": self.args, "epoch": record["epoch"],
+        model = {"format": FORMAT, "model": net.state_dict(), "model_spec": getattr(net, "model_spec", None),
+                 "args": self.args, "epoch": record["epoch"],
                  "context": dict(self.context), "metrics": record}
         if self.select == "last" or improved:
             path = self.best_path(record) if callable(self.best_path) else self.best_path

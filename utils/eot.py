@@ -20,9 +20,24 @@ import torch
 EOT_MAX_BATCH = {"cpu": 64, "cuda": 1024}
 
 
+def is_stochastic(model) -> bool:
+    """Whether ``model`` draws randomness in its forward: a module that says so with ``stochastic = True`` (a GSeM
+    module with noise, beta > 0). EOT over a deterministic model averages identical passes, so one pass is taken."""
+    return any(getattr(m, "stochastic", False) for m in model.modules())
+
+
+def eot_passes(model, eot_iter: int) -> int:
+    """The number of noisy passes EOT needs on ``model``: ``eot_iter``, or 1 when the model is deterministic (the same
+    expectation, without ``eot_iter - 1`` identical passes)."""
+    if eot_iter < 1:
+        raise ValueError(f"EOT needs eot_iter >= 1, got {eot_iter}")
+    return eot_iter if is_stochastic(model) else 1
+
+
 def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, eot_iter: int = 1, batched: bool = True,
                    max_batch: int | None = None):
-    """Gradient of ``loss_fn(model(x), y)`` with respect to ``x``, averaged over ``eot_iter`` noisy passes.
+    """Gradient of ``loss_fn(model(x), y)`` with respect to ``x``, averaged over ``eot_iter`` noisy passes (one
+    pass on a deterministic model, :func:`eot_passes`).
 
     Args:
         model: classifier on [0, 1] images (a GSeM model draws fresh noise at every forward).
@@ -34,9 +49,7 @@ def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, eot_iter: i
     Returns:
         ``(grad, loss)``: B x C x H x W mean gradient and the B per-example losses averaged over the passes.
     """
-    n = eot_iter
-    if n < 1:
-        raise ValueError(f"EOT needs eot_iter >= 1, got {n}")
+    n = eot_passes(model, eot_iter)
     x = x.detach()
     b = x.shape[0]
     cap = max_batch or EOT_MAX_BATCH.get(x.device.type, 1024)

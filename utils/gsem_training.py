@@ -6,47 +6,39 @@ around the one training loop (``utils.training.fit``). The three scripts differ 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 
 import torch
 from tqdm.auto import tqdm
 
-from attacks import PGD
-from attacks.registry import Uncorrected
+from attacks import PGD, Uncorrected
 from attacks.trades import TradesPGD
 from models import build_model, model_options
 
 from . import distributed as dist
+from .argtypes import eps_255, nonneg_float, nonneg_int, positive_float, positive_int
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
-from .cli import (Parser, add_bool, add_run_args, add_speed_args, check_model_name, eps_255, nonneg_float, nonneg_int,
-                  positive_float, positive_int, settings_suffix)
-from .data import gsem_transforms, make_loaders, num_channels, num_classes
+from .cli import Parser, add_bool, add_run_args, add_speed_args, check_model_name, run_suffix
+from .data import gsem_transforms, make_loaders
+from .datasets import num_channels, num_classes
 from .errors import RESUME_HINT, UserError, cli_entry
-from .losses import LOSSES, with_gradient_correction
-from .runtime import eval_mode, prepare_training_model, start_run
+from .losses import OBJECTIVES, objective_params, with_gradient_correction
+from .modes import eval_mode
+from .precision import autocast
+from .runtime import prepare_training_model, start_run
 from .training import TrainStep, fit, half_adversarial
 
 
-# --loss: the input policy and the loss of each objective (utils.training, utils.losses)
-OBJECTIVES = {
-    "mixed": "even half of the batch adversarial (PGD), cross-entropy: GSeM's adversarial training",
-    "pgd_at": "whole batch adversarial (PGD), cross-entropy: Madry et al.'s adversarial training",
-    "trades": "TRADES: clean CE + beta KL to the prediction on TRADES' KL attack",
-    "mart": "whole batch adversarial (PGD), MART",
-}
-
-
-def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None:
-    """The reference's flags and defaults, plus this repository's run flags; ``loss`` is the script's objective."""
+def add_gsem_train_args(p: Parser, loss: str = "mixed") -> None:
+    """The reference's flags and defaults, plus this repository's run flags; ``loss`` is the script's objective;
+    ``--loss`` takes any registered objective (``utils.losses.OBJECTIVES``) and every objective's hyperparameters
+    are flags."""
     p.add_argument("--loss", type=str, default=loss, choices=list(OBJECTIVES),
-                   help="; ".join(f"{k}: {v}" for k, v in OBJECTIVES.items()))
-    p.add_argument("--mart_beta", type=nonneg_float, default=5.0, help="weight of MART's robust KL term")
-    add_bool(p, "correct_adv_forward", False, "also correct the gradient of MART's adversarial forward in the weight "
-                                              "update (off: as the released code, only the clean forward)")
-    p.add_argument("--trades_beta", type=nonneg_float, default=6.0, help="weight of TRADES' KL term")
+                   help="; ".join(f"{k}: {o.summary}" for k, o in OBJECTIVES.items()))
+    for knob in objective_params():
+        knob.add_to(p, f" (--loss {', '.join(o.name for o in OBJECTIVES.values() if knob in o.params)})")
     p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
                    help="registry name: GSeMResNet18, GSeMWideResNet28x10 (or any registered model)")
     p.add_argument("--dataset_name", type=str, default="cifar10",
@@ -67,8 +59,9 @@ def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None
     p.add_argument("--eps", type=eps_255, default=8.0, help="training attack L-inf budget, in 1/255 units (8 = 8/255)")
     p.add_argument("--step_size", type=positive_float, default=2.0, help="training attack step, in 1/255 units")
     p.add_argument("--attack_steps", type=positive_int, default=10, help="training attack PGD steps")
-    add_bool(p, "batched_eot", True, "attack EOT as copies of the batch in one forward (same expectation; faster)")
-    p.add_argument("--eot_batch", type=positive_int, default=None,
+    add_bool(p, "batched_eot", True, "attack EOT as copies of the batch in one forward (same expectation; faster)",
+             result=False)
+    p.add_argument("--eot_batch", type=positive_int, default=None, result=False,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     p.add_argument("--gradient_correction", type=str, default="all", choices=["all", "attack", "update", "none"],
                    help="where GSeM's corrected gradient is used in training: the training attack and the weight "
@@ -79,12 +72,14 @@ def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None
     p.add_argument("--val_split", type=nonneg_int, default=0,
                    help="select the model on N held-out training images instead of the test set (0 = test set, "
                         "as the reference)")
-    p.add_argument("--model_save_path", type=str, default="adv_model", help="checkpoints go to <path>/<dataset>/")
+    p.add_argument("--model_save_path", type=str, default="adv_model", help="checkpoints go to <path>/<dataset>/",
+                   result=False)
     p.add_argument("--model_load_path", type=str, default="", help="initial weights (default: train from scratch)")
     p.add_argument("--best_acc", type=float, default=0.0,
                    help="a checkpoint is written only when the selection accuracy (fraction) beats this")
-    add_bool(p, "resume", False, "continue an interrupted run (any reload, any epoch)")
-    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)")
+    add_bool(p, "resume", False, "continue an interrupted run (any reload, any epoch)", result=False)
+    add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)",
+             result=False)
     add_speed_args(p)
     add_run_args(p)
     # sync_bn: under torchrun BatchNorm takes its statistics over the global batch, as on the authors' single GPU
@@ -92,34 +87,33 @@ def add_gsem_train_args(p: argparse.ArgumentParser, loss: str = "mixed") -> None
 
 
 def objective(args, model):
-    """``(loss, input policy)`` of ``--loss`` (:data:`OBJECTIVES`), the training attack on ``model``, with
-    ``--gradient_correction`` applied to the attack and to the loss."""
-    if args.loss == "trades":
+    """``(loss, input policy)`` of ``--loss`` (:data:`utils.losses.OBJECTIVES`): its loss with its hyperparameters
+    from the flags, its training attack on ``model``, with ``--gradient_correction`` applied to both."""
+    obj = OBJECTIVES[args.loss]
+    if obj.attack == "trades":
         attack = TradesPGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-                           eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp,
-                           eot_batch=args.eot_batch)
-        loss = functools.partial(LOSSES["trades"], beta=args.trades_beta)
+                           eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch)
     else:
         attack = train_attack(args, model)
-        loss = (functools.partial(LOSSES["mart"], beta=args.mart_beta, correct_adv_forward=args.correct_adv_forward)
-                if args.loss == "mart" else LOSSES["ce"])
+    loss = functools.partial(obj.loss, **{k.name: getattr(args, k.name) for k in obj.params})
     if args.gradient_correction not in ("all", "attack"):
         attack = Uncorrected(model, attack)
     if args.gradient_correction not in ("all", "update"):
         loss = with_gradient_correction(loss, False)
-    return loss, half_adversarial(attack) if args.loss == "mixed" else attack
+    return loss, {"clean": None, "adversarial": attack, "half": half_adversarial(attack)}[obj.policy]
 
 
 def train_attack(args, model) -> PGD:
-    """The reference's training and test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT ``--att_eot_num``, AMP."""
+    """The reference's training and test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT ``--att_eot_num`` (bf16
+    where the caller autocasts: ``--use_amp``)."""
     return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, amp=args.use_amp, eot_batch=args.eot_batch)
+               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch)
 
 
-def half_adversarial_accuracy(model, loader, attack, device, *, bar=True) -> dict:
+def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=True) -> dict:
     """The reference's selection metric: in every batch the even-indexed half is replaced by adversarial examples
-    (the attack under its own precision setting), then one noisy forward of the whole batch in fp32, as the
-    reference.
+    (the attack under bf16 autocast when ``amp``, as the reference's AMP attack), then one noisy forward of the whole
+    batch in fp32, as the reference.
 
     Returns:
         fractions ``test_acc`` (all), ``clean_acc`` (odd half) and ``adv_acc`` (even half).
@@ -132,7 +126,8 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True) -> dic
     with eval_mode(model):
         for x, y in pbar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            x = make_input(x, y)
+            with autocast(device, amp):
+                x = make_input(x, y)
             with torch.no_grad():
                 hit = model(x).argmax(1) == y
             correct[0] += hit[0::2].sum()
@@ -149,32 +144,32 @@ def half_adversarial_accuracy(model, loader, attack, device, *, bar=True) -> dic
 
 
 def build_classifier(args, device):
-    """``--classifier_name`` for the dataset, with ``--alpha``/``--beta`` where the family takes them."""
+    """``--classifier_name`` for the dataset, with ``--alpha``/``--beta`` where the family takes them (a model without
+    them, e.g. a plain ``resnet18`` baseline, ignores their defaults) and one input channel for the grey datasets."""
+    takes, channels = model_options(args.classifier_name), num_channels(args.dataset_name)
+    options = {k: getattr(args, k) for k in ("alpha", "beta") if k in takes}
     return build_model(args.classifier_name, num_classes(args.dataset_name),
-                       options={"alpha": args.alpha, "beta": args.beta,
-                                "in_channels": num_channels(args.dataset_name)}).to(device)
+                       **options, **({"in_channels": channels} if channels != 3 else {})).to(device)
 
 
-# result-changing settings that the reference's checkpoint name does not hold: another value adds a suffix
-TRAINING_KEYS = ("loss", "epochs", "reload", "batch_size", "lr", "momentum", "weight_decay", "milestones",
-                 "gra_eot_num", "att_eot_num", "eps", "step_size", "attack_steps", "use_amp", "val_split", "subset",
-                 "seed", "gradient_correction", "correct_adv_forward", "mart_beta", "trades_beta", "awp_gamma",
-                 "awp_lr")
+# the flags the reference's checkpoint name holds (<classifier>_<alpha>_<beta>)
+NAME_FLAGS = ("classifier_name", "dataset_name", "alpha", "beta")
 
 
-def run_name(args, method: str, defaults: dict) -> str:
+def run_name(args, method: str, p: Parser) -> str:
     """``<classifier>_<alpha>_<beta>`` as the reference (``train_gsem.py``; ``<classifier>`` alone for a model without
-    GSeM modules), with ``_mart`` / ``_awp`` for the other
-    two methods (the reference gave all three the same name, so one run replaced another's model) and a suffix for
-    every training setting off the recipe (:data:`TRAINING_KEYS`)."""
+    GSeM modules), with ``_mart`` / ``_awp`` for the other two methods (the reference gave all three the same name,
+    so one run replaced another's model) and ``_<flag><value>`` for every result-changing flag of the parser ``p``
+    off its default (``utils.cli.run_suffix``)."""
     tag = "" if method == "gsem" else f"_{method}"
     model = args.classifier_name  # alpha and beta only where the model has them (not for a plain ResNet-18)
     if "alpha" in model_options(args.classifier_name):
         model += f"_{args.alpha}_{args.beta}"
-    return f"{model}{tag}{settings_suffix(args, defaults, TRAINING_KEYS)}"
+    flags = [f for f in p.result_flags() if f not in NAME_FLAGS]
+    return f"{model}{tag}{run_suffix(args, vars(p.parse_args([])), flags)}"
 
 
-def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -> dict:
+def run_gsem_training(args, method: str, p: Parser, *, awp: bool = False) -> dict:
     """Train with the reference recipe: ``args.reload`` runs of ``args.epochs`` epochs; each run after the first
     starts from the best checkpoint so far with a new optimizer, schedule and attack; the best model (by
     half-adversarial accuracy) is saved as ``<model_save_path>/<dataset>/<run name>_<acc>.pt`` (:func:`run_name`;
@@ -184,8 +179,8 @@ def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -
     Args:
         args: the parsed flags (:func:`add_gsem_train_args`).
         method: ``gsem``, ``mart`` or ``awp`` (in the run name); the objective is ``args.loss``.
+        p: the script's parser (its result-changing flags name the run and are checked on resume).
         awp: adversarial weight perturbation (``--awp_gamma``, ``--awp_lr``), recomputed every step.
-        defaults: the script's flag defaults (``vars(get_args([]))``), to name runs off the recipe.
     Returns:
         ``{"best", "best_file", "history"}``.
     """
@@ -197,8 +192,8 @@ def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -
         args.dataset_name, args.data_path, args.batch_size, train_tf, test_tf, subset=args.subset,
         workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
         val_split=args.val_split)
-    stem = os.path.join(args.model_save_path, args.dataset_name, run_name(args, method, defaults))
-    ckpt = Checkpointer(f"{stem}.last.pt", f"{stem}.log.json", vars(args),
+    stem = os.path.join(args.model_save_path, args.dataset_name, run_name(args, method, p))
+    ckpt = Checkpointer(f"{stem}.last.pt", f"{stem}.log.json", vars(args), result_keys=p.result_flags(),
                         best_path=lambda record: f"{stem}_{record['test_acc']}.pt", select_key="test_acc",
                         best=args.best_acc, best_file=args.model_load_path or None)
     state = ckpt.load_last() if args.resume else None
@@ -231,7 +226,7 @@ def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,
-            lambda: half_adversarial_accuracy(model, test_loader, attack, device, bar=args.bar),
+            lambda: half_adversarial_accuracy(model, test_loader, attack, device, amp=args.use_amp, bar=args.bar),
             ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=args.bar,
             log=say)
         if dist.world_size() > 1:
@@ -241,21 +236,23 @@ def run_gsem_training(args, method: str, *, awp: bool = False, defaults: dict) -
 
 
 def script(doc: str, method: str, *, loss: str, awp: bool = False):
-    """``(get_args, main)`` of a GSeM training script: the three differ only in ``method`` (the run name), the
+    """``(parser, get_args, main)`` of a GSeM training script: the three differ only in ``method`` (the run name), the
     default ``--loss`` and AWP."""
 
-    def get_args(argv=None):
+    def parser():
         p = Parser(doc)
         add_gsem_train_args(p, loss=loss)
         if awp:
             p.add_argument("--awp_gamma", type=nonneg_float, default=0.01,
                            help="AWP perturbation size, relative to ||w||")
             p.add_argument("--awp_lr", type=positive_float, default=0.01, help="AWP proxy SGD step")
-        return p.parse_args(argv)
+        return p
+
+    def get_args(argv=None):
+        return parser().parse_args(argv)
 
     @cli_entry(on_interrupt=RESUME_HINT)
     def main(args):
-        return run_gsem_training(args, method, awp=awp, defaults=vars(get_args([])))
+        return run_gsem_training(args, method, parser(), awp=awp)
 
-    return get_args, main
-
+    return parser, get_args, main

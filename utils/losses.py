@@ -1,21 +1,31 @@
-"""Training losses: pure functions ``loss_fn(model, x_in, y, x) -> (loss, logits, terms)``.
+"""Training losses: pure functions ``loss_fn(model, x_in, y, x, **hyperparameters) -> (loss, logits, terms)``, and
+the registry of training objectives that ``--loss`` reads.
 
 ``x_in`` is the batch the input policy made (clean, adversarial, half adversarial; ``utils.training``), ``x`` the
 clean batch, ``loss`` the scalar to backpropagate, ``logits`` the predictions the training accuracy is counted on,
 ``terms`` a dict of scalar tensors to log (may be empty). A loss only computes: the training step zeroes gradients,
-runs the EOT passes, perturbs weights and steps. Hyperparameters are keyword arguments, bound with
-``functools.partial`` (see :data:`LOSSES`).
+runs the EOT passes, perturbs weights and steps.
 
-To add a loss: write the function here and add one line to :data:`LOSSES`.
+An *objective* (:data:`OBJECTIVES`, the choices of the GSeM scripts' ``--loss``) is a loss declared with its input
+policy (``clean``, ``adversarial``: the whole batch attacked, ``half``: the even-indexed half), its training attack
+(``pgd`` or ``trades``, TRADES' KL attack) and its hyperparameters as :class:`utils.argtypes.Knob` (each becomes a
+flag of the training scripts and is passed to the loss under its name). To add one::
+
+    @register_objective("my_loss", Knob("my_weight", nonneg_float, 1.0, "weight of my term"), policy="adversarial")
+    def my_loss(model, x_in, y, x, *, my_weight=1.0):
+        ...
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn.functional as F
 
 from models import gradient_correction
 
+from .argtypes import Knob, nonneg_float
 from .distributed import world_size
 from .flow import random_flow_start
 from .regularizers import flow_gradient_penalty, input_gradient_penalty
@@ -43,7 +53,7 @@ def mart_loss(logits_adv, logits_nat, y, beta: float = 5.0):
     return loss_adv + beta * loss_robust
 
 
-def mart(model, x_in, y, x, *, beta: float = 5.0, correct_adv_forward: bool = False):
+def mart(model, x_in, y, x, *, mart_beta: float = 5.0, correct_adv_forward: bool = False):
     """MART on adversarial ``x_in`` and clean ``x`` (adversarial forward first, as the GSeM reference); the training
     accuracy is counted on the adversarial logits.
 
@@ -53,7 +63,7 @@ def mart(model, x_in, y, x, *, beta: float = 5.0, correct_adv_forward: bool = Fa
     with contextlib.nullcontext() if correct_adv_forward else gradient_correction(model, False):
         logits_adv = model(x_in)
     logits_nat = model(x)
-    return mart_loss(logits_adv, logits_nat, y, beta), logits_adv, {}
+    return mart_loss(logits_adv, logits_nat, y, mart_beta), logits_adv, {}
 
 
 def with_gradient_correction(loss_fn, enabled: bool):
@@ -67,13 +77,13 @@ def with_gradient_correction(loss_fn, enabled: bool):
     return loss
 
 
-def trades(model, x_in, y, x, *, beta: float = 6.0):
-    """TRADES (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades_loss``): CE on the clean batch plus ``beta`` times
+def trades(model, x_in, y, x, *, trades_beta: float = 6.0):
+    """TRADES (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades_loss``): CE on the clean batch plus ``trades_beta`` times
     KL(f(x) || f(x_in)) averaged over the batch, ``x_in`` from TRADES' KL attack (``attacks.trades``); the training
     accuracy is counted on the clean logits."""
     logits = model(x)
     kl = F.kl_div(F.log_softmax(model(x_in), dim=1), F.softmax(logits, dim=1), reduction="sum") / y.shape[0]
-    return F.cross_entropy(logits, y) + beta * kl, logits, {"kl": kl}
+    return F.cross_entropy(logits, y) + trades_beta * kl, logits, {"kl": kl}
 
 
 def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0.0, rs_sigma: float = 0.01,
@@ -102,10 +112,52 @@ def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0
     return ce + lamb * r, logits, {"ce": ce, "reg": r}
 
 
-# name -> loss function; hyperparameters bound by the script (functools.partial)
-LOSSES = {
-    "ce": cross_entropy,
-    "mart": mart,
-    "trades": trades,
-    "fgr": gradient_regularized,
-}
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    loss: Callable
+    policy: str  # clean, adversarial (the whole batch attacked) or half (the even-indexed half)
+    attack: str  # the training attack: pgd or trades
+    params: tuple  # Knobs, passed to the loss under their names
+    summary: str = ""
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd", summary: str = ""):
+    """Decorator: register ``loss_fn`` as the objective ``name`` of ``--loss`` with its input policy, training attack
+    and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob)."""
+    if policy not in ("clean", "adversarial", "half") or attack not in ("pgd", "trades"):
+        raise ValueError(f"objective {name!r}: policy must be clean/adversarial/half and attack pgd/trades")
+
+    def deco(loss_fn):
+        if name in OBJECTIVES:
+            raise ValueError(f"objective {name!r} registered twice")
+        known = {k.name: k for o in OBJECTIVES.values() for k in o.params}
+        clash = [k.name for k in params if known.get(k.name, k) != k]
+        if clash:
+            raise ValueError(f"objective {name!r}: {', '.join(clash)} declared differently by another objective")
+        text = summary or (loss_fn.__doc__ or "").strip().split("\n")[0]
+        OBJECTIVES[name] = Objective(name, loss_fn, policy, attack, tuple(params), text)
+        return loss_fn
+
+    return deco
+
+
+def objective_params() -> list[Knob]:
+    """Every hyperparameter of every registered objective, once each (the training scripts' flags)."""
+    return list({k.name: k for o in OBJECTIVES.values() for k in o.params}.values())
+
+
+register_objective("mixed", policy="half", summary="even half of the batch adversarial (PGD), cross-entropy: GSeM's "
+                   "adversarial training")(cross_entropy)
+register_objective("pgd_at", policy="adversarial", summary="whole batch adversarial (PGD), cross-entropy: Madry et "
+                   "al.'s adversarial training")(cross_entropy)
+register_objective("trades", Knob("trades_beta", nonneg_float, 6.0, "weight of TRADES' KL term"),
+                   policy="adversarial", attack="trades",
+                   summary="TRADES: clean CE + beta KL to the prediction on TRADES' KL attack")(trades)
+register_objective("mart", Knob("mart_beta", nonneg_float, 5.0, "weight of MART's robust KL term"),
+                   Knob("correct_adv_forward", bool, False, "also correct the gradient of MART's adversarial forward "
+                        "in the weight update (off: as the released code, only the clean forward)"),
+                   policy="adversarial", summary="whole batch adversarial (PGD), MART")(mart)

@@ -21,17 +21,22 @@ REFERENCE_POINTS = {int(lam): v for (_, _, lam), v in PUBLISHED.items()}
 
 
 def load_results(result_path: str) -> list[dict]:
-    """Every evaluate.py record in ``result_path`` (files with ``val_acc`` and per-attack rows)."""
+    """Every FGR result record in ``result_path`` as ``{"val_acc", "attacks": {label: {"acc"}}, "_file", ...}``:
+    evaluate.py's files in the shared layout or the earlier one, and the reference's (``val_acc`` and ``adv_acc``)."""
     records = []
     for path in sorted(glob.glob(os.path.join(result_path, "*.json"))):
         try:
             with open(path) as f:
                 rec = json.load(f)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue
-        if isinstance(rec, dict) and "val_acc" in rec and ("attacks" in rec or "adv_acc" in rec):
-            if "attacks" not in rec:  # the reference's files: val_acc and adv_acc only
-                rec["attacks"] = {"flow": {"acc": rec["adv_acc"]}}
+        if not isinstance(rec, dict) or "val_acc" not in rec:
+            continue
+        if isinstance(rec.get("rows"), dict):  # the shared layout
+            rec["attacks"] = rec["rows"]
+        elif "attacks" not in rec and "adv_acc" in rec:  # the reference's files: val_acc and adv_acc only
+            rec["attacks"] = {"flow": {"acc": rec["adv_acc"]}}
+        if isinstance(rec.get("attacks"), dict):
             rec["_file"] = os.path.basename(path)
             records.append(rec)
     return records

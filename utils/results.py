@@ -1,10 +1,13 @@
 """Result files, written atomically: a crash or kill leaves the old file or the new one, never half of one.
 
+- :class:`ResultFile` is one checkpoint's evaluation results: rows merged at write time under a lock, so any number
+  of evaluations of one checkpoint running at once keep every row;
 - :func:`write_result` writes a record as ``<stem>.json`` and a markdown table beside it as ``<stem>.md``;
 - :class:`JsonLog` is a training run's log: its args and one record per epoch, rewritten after each epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -13,6 +16,13 @@ import tempfile
 
 from . import distributed as dist
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (one evaluation of a checkpoint at a time)
+    fcntl = None
+
+FORMAT = 2  # the layout of evaluation result files (1: the two scripts' layouts before the shared pipeline)
 
 
 def ensure_writable(folder: str, need_bytes: int = 0) -> None:
@@ -64,16 +74,14 @@ def write_json(path: str, obj) -> None:
 
 
 def write_result(path: str, record: dict, table: list[str]) -> str:
-    """Write ``record`` to ``path`` (``.json``) and the markdown lines ``table`` to the same stem with ``.md``; under
-    torchrun only rank 0 writes.
+    """Write ``record`` to ``path`` (``.json``) and the markdown lines ``table`` to the same stem with ``.md``.
 
     Returns:
         the markdown file's path.
     """
     md = os.path.splitext(path)[0] + ".md"
-    if dist.is_main():
-        write_json(path, record)
-        atomic_write_text(md, "\n".join(table) + "\n")
+    write_json(path, record)
+    atomic_write_text(md, "\n".join(table) + "\n")
     return md
 
 
@@ -90,57 +98,100 @@ class JsonLog:
             write_json(self.path, {"args": self.args, "epochs": self.history})
 
 
-def row_label(attack: str, settings: dict, reference: dict, extra: dict | None = None) -> str:
-    """A result row's key: the attack's name, plus ``[k=v, ...]`` for every setting that differs from the
-    ``reference`` settings (the attack's defaults) and every entry of ``extra`` (e.g. ``{"n": 16}`` for a subset).
-    ``flow`` alone therefore means the attack at its reference settings on the whole test set."""
-    diff = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in {**settings, **(extra or {})}.items() if reference.get(k, object()) != v]
-    return attack + (f" [{', '.join(diff)}]" if diff else "")
+@contextlib.contextmanager
+def _locked(path: str):
+    """An exclusive lock on ``<path>.lock`` for the duration (POSIX ``flock``; released if the process dies)."""
+    if fcntl is None:
+        yield
+        return
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read(path: str):
+    """The record at ``path``: None when there is none, ``{}`` when it cannot be read as a record."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            old = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return old if isinstance(old, dict) else {}
 
 
 class ResultFile:
-    """One checkpoint's results: a JSON file (and its markdown table) whose rows, keyed by :func:`row_label`,
-    accumulate over runs: a run adds its rows and replaces only rows of the same key (same attack, same settings).
-    If the file holds results of another checkpoint (another SHA-256: the checkpoint was retrained), it is moved
-    aside to ``<stem>.<old sha>.json`` first, never overwritten.
+    """One checkpoint's results: a JSON file (and its markdown table) whose ``rows``, keyed by
+    ``attacks.attack_label``, accumulate over runs. Every write re-reads the file under a lock, merges this run's
+    rows into the rows on disk (a run replaces only rows it computed itself: same attack, same settings) and writes
+    atomically, so evaluations of one checkpoint running in parallel keep every row.
+
+    A file of another checkpoint (another SHA-256: it was retrained), of the earlier layout, or unreadable is moved
+    aside to ``<stem>.<reason>.json`` first, never overwritten.
 
     Args:
         path: the ``.json`` path.
-        record: this run's header (must hold ``checkpoint_sha256``); ``record[rows_key]`` receives the rows.
-        rows_key: the name of the rows' dict in the record (``attacks`` or ``results``).
+        record: this run's header (must hold ``checkpoint_sha256``); ``record["rows"]`` receives the rows.
         say: where notes go.
-        carry: top-level keys whose earlier values are kept when this run leaves them None (``val_acc``, ...).
+        merge: ``merge(old_record, record)``, called under the lock before each write, after the rows are merged
+            (``old_record`` is ``{}`` when the file is new), to settle the script's own header keys against the
+            file's (e.g. keep a whole-test-set ``val_acc`` over a subset's).
+    Attributes:
+        earlier: the rows on disk when the run started (``--resume`` skips their labels).
     """
 
-    def __init__(self, path: str, record: dict, rows_key: str, say=print, carry=()):
-        self.path, self.record, self.rows_key = path, record, rows_key
-        old = None
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    old = json.load(f)
-            except (OSError, json.JSONDecodeError):
-                old = {}
-        rows = {}
-        if old is not None and old.get("checkpoint_sha256") == record["checkpoint_sha256"]:
-            rows = old.get(rows_key, {})
-            for key in carry:
-                if record.get(key) is None:
-                    record[key] = old.get(key)
-        elif old is not None and dist.is_main():
+    def __init__(self, path: str, record: dict, say=print, merge=None):
+        self.path, self.record, self.say, self.merge = path, record, say, merge
+        record["format"] = FORMAT
+        record.setdefault("rows", {})
+        self.mine: set[str] = set()
+        self.earlier: dict = {}
+        if not dist.is_main():
+            return
+        with _locked(path):
+            old = _read(path)
+            if old is None:
+                return
+            if old.get("format") == FORMAT and old.get("checkpoint_sha256") == record["checkpoint_sha256"]:
+                self.earlier = dict(old.get("rows", {}))
+                return
+            if old.get("format") != FORMAT and old:
+                why, reason = "format1", "results in the earlier layout"
+            elif old:
+                why, reason = old.get("checkpoint_sha256") or "unknown", "results of another checkpoint"
+            else:
+                why, reason = "unreadable", "no readable results"
             stem = os.path.splitext(path)[0]
-            aside = f"{stem}.{old.get('checkpoint_sha256') or 'unknown'}.json"
+            aside = f"{stem}.{why}.json"
             os.replace(path, aside)
             if os.path.isfile(stem + ".md"):
                 os.replace(stem + ".md", os.path.splitext(aside)[0] + ".md")
-            say(f"note: {path} held results of another checkpoint; moved to {aside}")
-        record[rows_key] = {**rows, **record.get(rows_key, {})}
+            say(f"note: {path} held {reason}; moved to {aside}")
 
     @property
     def rows(self) -> dict:
-        return self.record[self.rows_key]
+        return self.record["rows"]
 
-    def write(self, table: list[str]) -> str:
-        """Write the record and its markdown table (rank 0). Returns the markdown file's path."""
-        return write_result(self.path, self.record, table)
+    def add(self, label: str, row: dict) -> None:
+        """A row this run computed (it replaces a row of the same label on disk at the next write)."""
+        self.record["rows"][label] = row
+        self.mine.add(label)
+
+    def write(self, table) -> str:
+        """Merge and write the record, and its markdown table ``table(record) -> lines`` (rank 0 only).
+        Returns the markdown file's path."""
+        md = os.path.splitext(self.path)[0] + ".md"
+        if not dist.is_main():
+            return md
+        with _locked(self.path):
+            old = _read(self.path) or {}
+            if old.get("checkpoint_sha256") != self.record["checkpoint_sha256"] or old.get("format") != FORMAT:
+                old = {}
+            self.record["rows"] = {**old.get("rows", {}), **{k: self.rows[k] for k in self.mine}}
+            if self.merge is not None:
+                self.merge(old, self.record)
+            return write_result(self.path, self.record, table(self.record))

@@ -1,11 +1,8 @@
-"""Where and how code runs: device choice, seeding, rank-0 printing, precision (bf16 autocast), the layout fast path
-(cudnn autotuning, channels_last), DDP/compile wrapping, and train/eval mode save-restore.
-
-A bottom-floor helper: it imports nothing from ``attacks/`` or ``models/``, so both may import it.
+"""How a run is set up: device choice, seeding, rank-0 printing, the layout fast path (cudnn autotuning,
+channels_last), DDP/compile wrapping. Used by the scripts; attacks need only ``utils.precision`` and ``utils.modes``.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import random
@@ -14,6 +11,7 @@ import torch
 
 from . import distributed as dist
 from .errors import UserError
+from .precision import bf16_native
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,45 +50,6 @@ def start_run(args):
     say("args:", json.dumps(vars(args), sort_keys=True))
     seed_everything(args.seed)
     return device, say
-
-
-@functools.lru_cache(maxsize=None)
-def _bf16_native(device_type: str) -> bool:
-    if device_type == "cuda":  # Ampere or newer; older GPUs only emulate bf16
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # torch < 2.3 has no including_emulation
-            return torch.cuda.is_bf16_supported()
-    if device_type == "cpu":
-        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-        return any(getattr(torch.cpu, c, lambda: False)() for c in checks)
-    return False
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes in bf16 natively: CUDA GPUs with bf16, CPUs with AMX or AVX512-BF16 (oneDNN).
-    Elsewhere bf16 is emulated and slower than fp32, so autocast stays off."""
-    return _bf16_native(device.type)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast when ``enabled`` and the device has native bf16 (:func:`bf16_native`); a no-op elsewhere. bf16
-    keeps fp32's exponent range, so no GradScaler is needed."""
-    if enabled and bf16_native(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def eval_mode(model: torch.nn.Module):
-    """Put ``model`` (every submodule) in eval mode, then give each module back its own train/eval mode."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def fast_path(model, device, *, channels_last=None, amp=False, double_backward=False):

@@ -24,22 +24,38 @@ PUBLISHED = {("cifar10", "vgg11", lam): v for lam, v in
              {0.0: (0.9027, 0.0641), 100.0: (0.8724, 0.4795), 200.0: (0.8602, 0.5306), 300.0: (0.8536, 0.5515)}.items()}
 
 
+def _fgr_run(a: dict) -> dict:
+    lamb = a.get("fgr_lamb", 0.0) or 0.0
+    method = a.get("reg", "fgr").upper() if lamb > 0 else "plain"
+    if a.get("adv_train", "none") != "none":
+        method += " + flow AT"
+    return {"dataset": a.get("data_name"), "model": a.get("model_name"), "method": method,
+            "setting": f"λ={lamb:g}" if lamb > 0 else "", "lamb": float(lamb), "seed": a.get("seed", 0)}
+
+
+def _gsem_run(record: dict) -> dict:
+    a = record.get("train_args") or {}
+    return {"dataset": record.get("dataset_name"), "model": record["model"], "method": a.get("method", "?"),
+            "setting": f"α={record.get('alpha')}, β={record.get('beta')}", "seed": a.get("seed", 0)}
+
+
 def run_of(record: dict) -> tuple[dict, dict] | None:
-    """``(run description, {column: accuracy})`` of one result file, or None if it is not one of ours."""
-    if "attacks" in record and "val_acc" in record:  # evaluate.py
-        a = record.get("train_args") or record.get("args", {})
-        lamb = a.get("fgr_lamb", 0.0) or 0.0
-        method = a.get("reg", "fgr").upper() if lamb > 0 else "plain"
-        if a.get("adv_train", "none") != "none":
-            method += " + flow AT"
-        run = {"dataset": a.get("data_name"), "model": a.get("model_name"), "method": method,
-               "setting": f"λ={lamb:g}" if lamb > 0 else "", "lamb": float(lamb), "seed": a.get("seed", 0)}
+    """``(run description, {column: accuracy})`` of one result file of either evaluate script, in the shared
+    layout (``format`` 2) or the earlier per-script layouts; None if it is not one of ours."""
+    if not isinstance(record, dict):
+        return None
+    if record.get("format") == 2 and isinstance(record.get("rows"), dict):
+        if record.get("script") == "evaluate_gsem.py":
+            run = _gsem_run(record)
+        else:
+            run = _fgr_run(record.get("train_args") or record.get("args", {}))
+        return run, {"clean": record["clean"]["acc"], **{k: r["acc"] for k, r in record["rows"].items()}}
+    if "attacks" in record and "val_acc" in record:  # evaluate.py, format 1
+        run = _fgr_run(record.get("train_args") or record.get("args", {}))
         return run, {"clean": record["val_acc"], **{k: r["acc"] for k, r in record["attacks"].items()}}
-    if "results" in record and "model" in record:  # evaluate_gsem.py
-        a = record.get("train_args") or {}
-        run = {"dataset": record.get("dataset_name"), "model": record["model"], "method": a.get("method", "?"),
-               "setting": f"α={record.get('alpha')}, β={record.get('beta')}", "seed": a.get("seed", 0)}
-        return run, {k: r["acc"] for k, r in record["results"].items()}
+    if "results" in record and "model" in record:  # evaluate_gsem.py, format 1 ("Clean" was a row)
+        rows = {("clean" if k == "Clean" else k): r["acc"] for k, r in record["results"].items()}
+        return _gsem_run(record), rows
     return None
 
 
@@ -68,7 +84,7 @@ def build_table(runs) -> tuple[list[str], list[list[str]]]:
     columns = []
     for g in groups.values():
         columns += [c for c in g["accs"] if c not in columns]
-    columns.sort(key=lambda c: (c != "clean", c not in ("flow", "Clean"), c))
+    columns.sort(key=lambda c: (c != "clean", c != "flow", c))
     published = any((g["run"]["dataset"], g["run"]["model"], g["run"].get("lamb")) in PUBLISHED
                     and g["run"]["method"] in ("FGR", "plain") for g in groups.values())
     header = ["dataset", "model", "method", "setting", *columns] + (["clean (paper)", "flow (paper)"] if published

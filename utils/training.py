@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import distributed as dist
 from .eot import eot_backward
 from .errors import UserError
-from .runtime import autocast
+from .precision import autocast
 
 BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
 

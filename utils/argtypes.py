@@ -1,0 +1,113 @@
+"""Range-checked argparse types, one per kind of number the scripts take, and :class:`Knob`, a setting declared
+once with its flag (the attacks' knobs, the training objectives' hyperparameters). A bottom-floor helper: it imports
+nothing of this repository."""
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting, declared once (an attack's knob, an objective's hyperparameter).
+
+    Args:
+        name: the flag's dest and the keyword the setting is passed as.
+        type: parses the flag (range-checked, ``utils.argtypes``); ``bool`` gives a ``--x/--no-x`` flag.
+        default: in the flag's units (None: off / no bound).
+        help: what it sets.
+        unit: the flag's units, shown in ``--help`` and the docs.
+        flags: the spellings (default ``--<name>``).
+        scale: flag units -> the code's units (1/255 for ``--eps 8``, which means 8/255).
+        choices: the allowed values of a string knob.
+    """
+    name: str
+    type: Callable
+    default: Any
+    help: str
+    unit: str = ""
+    flags: tuple = ()
+    scale: float = 1.0
+    choices: tuple = ()
+
+    @property
+    def option_strings(self) -> tuple:
+        return self.flags or (f"--{self.name}",)
+
+    def to_value(self, flag_value):
+        """The flag's value in the code's units."""
+        if self.scale == 1.0 or flag_value is None or isinstance(flag_value, bool):
+            return flag_value
+        return flag_value * self.scale
+
+    def add_to(self, parser, help_suffix: str = "") -> None:
+        """Add this knob's flag to ``parser`` (an ``argparse`` parser or group)."""
+        text = f"{self.help}{f' [{self.unit}]' if self.unit else ''}{help_suffix}"
+        if self.type is bool:
+            parser.add_argument(*self.option_strings, dest=self.name, action=argparse.BooleanOptionalAction,
+                                default=self.default, help=text)
+        else:
+            parser.add_argument(*self.option_strings, dest=self.name, type=self.type, default=self.default, help=text,
+                                **({"choices": self.choices} if self.choices else {}))
+
+
+def _number(text: str, kind=float) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def eps_255(text: str) -> float:
+    """An L-inf budget in 1/255 units (8 means 8/255), in [0, 255]; a value in (0, 1) is taken for a fraction and
+    refused."""
+    value = nonneg_float(text)
+    if 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"is in 1/255 units (8 means 8/255); {text} looks like a fraction: use "
+                                         f"{value * 255:.4g}")
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"is in 1/255 units and at most 255 (the whole [0, 1] range), got {text}")
+    return value
+
+
+def flow_budget(text: str) -> float:
+    """A flow magnitude in normalised align_corners=True units, in [0, 1] (1 = half the image; 0.01 = 0.155 px at
+    32 x 32)."""
+    value = nonneg_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"is in normalised units (1 = half the image, 0.01 = 0.155 px at 32x32); "
+                                         f"{text} = {value * 15.5:.4g} px at 32x32; use a value in [0, 1]")
+    return value

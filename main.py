@@ -30,7 +30,6 @@ from utils.training import TrainStep, fit
 def parser() -> Parser:
     p = Parser(__doc__)
     add_fgr_model_args(p)
-    add_run_args(p)
     p.add_argument("--epochs", type=positive_int, default=80, help="training epochs")
     p.add_argument("--batch_size", type=positive_int, default=128,
                    help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
@@ -46,6 +45,7 @@ def parser() -> Parser:
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
     add_bool(p, "amp", False, "bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); the "
                               "reference trains in fp32")
+    add_run_args(p)
     add_bool(p, "resume", False, "continue an interrupted run from <name>.last.pt", result=False)
     add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)",
              result=False)

@@ -55,7 +55,10 @@ class LibraryAttack(Attack):
     def settings(self) -> dict:
         keys = ("norm", "eps", "n_iter", "n_restarts", "n_queries", "eot_iter", "rho", "seed", "loss",
                 "n_target_classes", "p_init", "rescale_schedule")
-        return {k: v for k in keys if isinstance(v := getattr(self.attack, k, None), (int, float, str))}
+        out = {k: v for k in keys if isinstance(v := getattr(self.attack, k, None), (int, float, str))}
+        if isinstance(getattr(self.attack, "thr_decr", None), float):  # APGD keeps rho under this name
+            out["rho"] = self.attack.thr_decr
+        return out
 
 
 def apgd(model, *, eps=8 / 255, steps=100, restarts=1, eot_iter=1, rho=0.75, seed=0, loss="ce"):

@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
 
-from utils.data import Digits
+from utils.datasets import Digits
 
 
 def digits_tensors(train: bool):

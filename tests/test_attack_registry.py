@@ -1,17 +1,24 @@
-"""The contract every registered attack keeps (parametrised over the registry): same shape and dtype, finite, in
-[0, 1], budget respected, the model's train/eval mode and BatchNorm statistics untouched, flows recorded by the
-deformation attacks; and the registry's errors."""
+"""The contract every registered attack keeps (parametrised over the registry, budgets read from the declarations):
+same shape and dtype, finite, in [0, 1], its declared budget respected, zero budget the identity, the model's
+train/eval mode and BatchNorm statistics untouched, flows recorded by the deformation attacks; the registry's errors;
+and a new attack with two knobs, added as one file with its registration, in both evaluate scripts."""
+import importlib
+import json
+import sys
+
 import pytest
 import torch
-import torch.nn as nn
 
-from attacks import ATTACKS, AttackConfig, build_attack, list_attacks
+import evaluate
+import evaluate_gsem
+from attacks import ATTACKS, AttackConfig, attack_label, build_attack, list_attacks
+from attacks.registry import all_knobs, unregister_attack
+from conftest import tiny_classifier
+from models import build_model
 
-
-def tiny_classifier():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                         nn.Flatten(), nn.Linear(128, 10))
+# a small budget in each measure's units: the contract holds every bounded attack to it
+SMALL_BUDGET = {"linf": 4 / 255, "flow_linf": 0.02, "tnorm_px": 0.3}
+FAST = dict(eot_iter=1, steps_scale=0.01)
 
 
 @pytest.mark.parametrize("name", list_attacks())
@@ -21,85 +28,30 @@ def test_every_registered_attack_keeps_the_contract(name):
     stats = (bn.running_mean.clone(), bn.running_var.clone())
     torch.manual_seed(1)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    cfg = AttackConfig(eot_iter=1, steps_scale=0.01)
+    spec = ATTACKS[name]
+    cfg = AttackConfig(**FAST)
+    if spec.budget is not None:
+        cfg = cfg.replace(**{spec.budget.knob: SMALL_BUDGET[spec.budget.measure]})
     attack, settings = build_attack(name, model, cfg)
     x_adv = attack(x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and torch.isfinite(x_adv).all()
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     assert model.training and bn.training, "the model's mode must be restored"
     assert torch.equal(bn.running_mean, stats[0]) and torch.equal(bn.running_var, stats[1]), "attacks run in eval mode"
-    assert isinstance(settings, dict) and settings
-    if getattr(attack, "produces_flow", False):
+    assert set(settings) == {k.name for k in spec.knobs} and isinstance(attack.settings(), dict)
+    if attack.produces_flow:
         assert attack.last_flow.shape == (4, 32, 32, 2) and torch.isfinite(attack.last_flow).all()
-        if name == "flow":
-            assert attack.last_flow.abs().max() <= cfg.flow_eps + 1e-7
-    elif settings.get("norm") == "Linf":
-        assert (x_adv - x).abs().max() <= cfg.eps + 1e-6
+    if spec.budget is not None:
+        size = spec.budget.size(x, x_adv, attack)
+        assert size.max() <= SMALL_BUDGET[spec.budget.measure] * (1 + 1e-4) + 1e-6, (spec.budget, size)
 
 
-def test_unknown_attack_lists_the_valid_names():
-    with pytest.raises(ValueError, match="valid: flow, stadv"):
-        build_attack("FGSM", tiny_classifier())
-    assert list_attacks() == list(ATTACKS)
-
-
-def test_a_new_attack_is_one_registry_line(monkeypatch):
-    """What the README shows: a class and one line in ATTACKS make an attack available to both evaluate scripts."""
-    from attacks.base import Attack
-
-    class Identity(Attack):
-        def perturb(self, x, y):
-            return x
-
-    monkeypatch.setitem(ATTACKS, "identity", lambda model, cfg: (Identity(model), {"eps": 0.0}))
-    attack, settings = build_attack("identity", tiny_classifier())
-    x = torch.rand(2, 3, 32, 32)
-    assert torch.equal(attack(x, torch.zeros(2, dtype=torch.long)), x) and settings == {"eps": 0.0}
-
-
-def test_the_readme_examples_of_a_new_loss_and_a_new_attack_run(monkeypatch):
-    """The README's TRADES loss and FGSM attack, executed as printed (the registry lines with '...' left out)."""
-    import os
-    import re
-
-    import torch.nn.functional as F
-
-    from attacks.base import Attack
-    from utils.losses import LOSSES
-    from utils.training import TrainStep
-
-    readme = open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "README.md")).read()
-    blocks = [b for b in re.findall(r"```py\n(.*?)```", readme, re.S) if "def trades" in b or "class FGSM" in b]
-    assert len(blocks) == 2
-    ns = {"F": F, "torch": torch, "Attack": Attack}
-    for block in blocks:
-        exec("\n".join(line for line in block.splitlines() if "{..." not in line), ns)
-    monkeypatch.setitem(LOSSES, "trades", ns["trades"])
-    monkeypatch.setitem(ATTACKS, "FGSM", lambda model, cfg: (ns["FGSM"](model, cfg.eps), {"eps": cfg.eps}))
-    model = tiny_classifier()
-    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    attack, _ = build_attack("FGSM", model)
-    x_adv = attack(x, y)
-    assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6 and not torch.equal(x_adv, x)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    loss, logits, terms = TrainStep(model, opt, LOSSES["trades"], make_input=attack)(x, y)
-    assert torch.isfinite(loss) and set(terms) == {"kl"} and logits.shape == (4, 10)
-
-
-@pytest.mark.parametrize("name", list_attacks())
-def test_zero_budget_or_zero_steps_is_the_identity(name):
-    from attacks import ADef, StAdv
-    from attacks.cw import CWL2
-
+@pytest.mark.parametrize("name", [n for n in list_attacks() if ATTACKS[n].budget is not None])
+def test_zero_budget_is_the_identity(name):
     model = tiny_classifier().eval()
     torch.manual_seed(2)
     x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
-    unbounded = {"CW100": lambda: CWL2(model, steps=0), "stadv": lambda: StAdv(model, steps=0),
-                 "adef": lambda: ADef(model, steps=0)}
-    if name in unbounded:  # minimum-norm attacks have no budget: zero iterations
-        attack = unbounded[name]()
-    else:
-        attack, _ = build_attack(name, model, AttackConfig(eps=0.0, flow_eps=0.0, eot_iter=1, steps_scale=0.01))
+    attack, _ = build_attack(name, model, AttackConfig(**FAST, **{ATTACKS[name].budget.knob: 0.0}))
     # a zero flow warps through the float32 identity grid, whose rounding moves a value by up to ~3e-6
     assert torch.allclose(attack(x, y), x, atol=1e-5)
 
@@ -111,6 +63,98 @@ def test_already_misclassified_points_are_never_made_correct(name):
     x = torch.rand(6, 3, 32, 32)
     with torch.no_grad():
         wrong = (model(x).argmax(1) + 1) % 10  # labels the model gets wrong on every point
-    attack, _ = build_attack(name, model, AttackConfig(eot_iter=1, steps_scale=0.01))
+    attack, _ = build_attack(name, model, AttackConfig(**FAST))
     with torch.no_grad():
         assert (model(attack(x, wrong)).argmax(1) != wrong).all()
+
+
+def test_registry_errors_and_knob_declarations():
+    with pytest.raises(ValueError, match="unknown attack 'no-such-attack'; valid: flow, stadv"):
+        build_attack("no-such-attack", tiny_classifier())
+    with pytest.raises(TypeError, match="no setting flow_epsilon"):
+        AttackConfig(flow_epsilon=0.1)
+    names = [k.name for k in all_knobs()]
+    assert len(names) == len(set(names))  # each knob declared once, shared by the attacks that read it
+    assert {"flow_eps", "flow_steps", "eps", "eot_iter", "steps_scale", "stadv_tau", "adef_max_norm"} <= set(names)
+    cfg = AttackConfig(flow_steps=3, steps_scale=0.5)
+    assert attack_label("flow", cfg, {"n": 16}) == "flow [flow_steps=3, steps_scale=0.5, n=16]"
+    assert attack_label("flow", AttackConfig()) == "flow"
+
+
+def test_every_module_of_the_package_is_imported():
+    """An attack registers itself by being a file of attacks/: the package imports every module in it."""
+    import pkgutil
+
+    import attacks
+
+    for module in pkgutil.iter_modules(attacks.__path__):
+        assert f"attacks.{module.name}" in sys.modules
+
+
+NEW_ATTACK = '''
+import torch
+
+from attacks import Attack, Budget, Knob, register_attack
+from attacks.registry import EPS
+from utils.argtypes import nonneg_float, positive_int
+
+
+class RandomSign(Attack):
+    """Best of ``tries`` random sign perturbations of size ``shrink * eps`` (gradient-free)."""
+
+    def __init__(self, model, eps, tries, shrink):
+        super().__init__(model)
+        self.eps, self.tries, self.shrink = eps, tries, shrink
+
+    def perturb(self, x, y):
+        best, best_loss = x, torch.full((x.shape[0],), -float("inf"))
+        for _ in range(self.tries):
+            cand = (x + self.shrink * self.eps * torch.randn_like(x).sign()).clamp(0, 1)
+            with torch.no_grad():
+                loss = torch.nn.functional.cross_entropy(self.model(cand), y, reduction="none")
+            better = loss > best_loss
+            best = torch.where(better.view(-1, 1, 1, 1), cand, best)
+            best_loss = torch.maximum(loss, best_loss)
+        return best
+
+
+@register_attack("random_sign", EPS, Knob("rs_tries", positive_int, 3, "random tries"),
+                 Knob("rs_shrink", nonneg_float, 1.0, "fraction of eps"), budget=Budget("eps", "linf"))
+def random_sign(model, cfg):
+    """Best of several random sign perturbations."""
+    return RandomSign(model, cfg.eps, cfg.rs_tries, cfg.rs_shrink)
+'''
+
+
+@pytest.fixture
+def new_attack(tmp_path, monkeypatch):
+    """The attack above, added as one file whose registration is its only link to the rest of the code."""
+    (tmp_path / "random_sign_attack.py").write_text(NEW_ATTACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("random_sign_attack")
+    yield "random_sign"
+    unregister_attack("random_sign")
+    sys.modules.pop("random_sign_attack", None)
+
+
+def test_a_new_attack_with_two_knobs_is_in_both_scripts_help_and_rows(new_attack, cifar10_root, tmp_path, capsys):
+    for script, argv in ((evaluate, []), (evaluate_gsem, ["--model_load_path", "x.pt"])):
+        with pytest.raises(SystemExit):
+            script.get_args(argv + ["--help"])
+        text = capsys.readouterr().out
+        assert "--rs_tries" in text and "--rs_shrink" in text and "random_sign" in text
+    torch.save(build_model("vgg11", 10).state_dict(), tmp_path / "vgg.pt")
+    torch.save(build_model("GSeMResNet18", 10).state_dict(), tmp_path / "gsem.pt")
+    common = ["--data_path", cifar10_root, "--no-verify_data", "--workers", "0", "--no_bar", "--subset", "4",
+              "--result_path", str(tmp_path / "r"), "--attacks", "random_sign", "--rs_tries", "5", "--att_eot_num",
+              "1"]
+    fgr = evaluate.main(evaluate.get_args(common + ["--checkpoint", str(tmp_path / "vgg.pt")]))
+    gsem = evaluate_gsem.main(evaluate_gsem.get_args(common + ["--model_load_path", str(tmp_path / "gsem.pt"),
+                                                               "--no-sanity_checks"]))
+    rows = [next(iter(r["rows"].values())) for r in (fgr, gsem)]
+    assert set(rows[0]) == set(rows[1])  # one row format for both scripts
+    for row in rows:
+        assert row["settings"] == {"eps": 8.0, "rs_tries": 5, "rs_shrink": 1.0, }
+        assert row["label"].startswith("random_sign [rs_tries=5") and row["attack_settings"]["tries"] == 5
+    on_disk = json.loads((tmp_path / "r" / "vgg.json").read_text())
+    assert on_disk["format"] == 2 and list(on_disk["rows"]) == [rows[0]["label"]]

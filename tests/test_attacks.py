@@ -1,25 +1,9 @@
 """The authors' L-inf flow attack: budget, range, identity, strength, mode restoration."""
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks import FlowAttack
-
-
-def trained_tiny_model():
-    """A small conv net fitted for a few steps to a smooth synthetic task (undefended)."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                          nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                          nn.Linear(16 * 16, 2))
-    x = torch.rand(64, 3, 16, 16)
-    y = (x[:, :, :, :8].mean((1, 2, 3)) > x[:, :, :, 8:].mean((1, 2, 3))).long()  # left brighter than right
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(60):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model, x, y
+from conftest import trained_tiny_model
 
 
 def test_flow_attack_respects_budget_and_range_and_raises_loss():

@@ -8,7 +8,8 @@ import torchvision.transforms.functional as TF
 from torch.utils.data import Subset
 
 from synthetic import write_svhn
-from utils.data import Cutout, DeviceLoader, fgr_device_transforms, fgr_transforms, load_dataset, make_loaders
+from utils.data import Cutout, DeviceLoader, fgr_device_transforms, fgr_transforms, make_loaders
+from utils.datasets import load_dataset
 from utils.errors import UserError
 
 

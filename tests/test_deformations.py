@@ -9,7 +9,7 @@ import evaluate
 import main
 from attacks import ADef, StAdv
 from attacks.adef import gaussian_filter
-from test_attacks import trained_tiny_model
+from conftest import trained_tiny_model
 from utils import plots
 from utils.flow import flow_norms_pixels, pixel_flow_to_normalized, warp
 
@@ -81,17 +81,18 @@ def test_adversarial_deformation_training_and_multi_attack_evaluation(cifar10_ro
               "--adv_train", "flow", "--adv_steps", "2", "--weight_path", str(tmp_path / "w"), "--workers", "0",
               "--no_bar"]
     main.main(main.get_args(common + ["--epochs", "1", "--subset", "16", "--batch_size", "8"]))
-    name = "cifar10_vgg11_fgr_100.0_rs_0.01_adv_flow_0.01_k2_epochs1_batch_size8_subset16"
+    name = "cifar10_vgg11_fgr_100.0_rs_0.01_adv_trainflow_adv_steps2_epochs1_batch_size8_subset16"
     assert os.path.isfile(tmp_path / "w" / f"{name}.pt")
     record = evaluate.main(evaluate.get_args(common + [
         "--checkpoint", str(tmp_path / "w" / f"{name}.pt"), "--result_path", str(tmp_path / "r"), "--subset", "8",
         "--steps", "2", "--attacks", "flow", "stadv", "adef", "--stadv_steps", "3", "--adef_steps", "3"]))
-    rows = {r["attack"]: r for r in record["attacks"].values()}
+    rows = {r["attack"]: r for r in record["rows"].values()}
     assert list(rows) == ["flow", "stadv", "adef"] and 0 <= record["val_acc"] <= 1
     assert record["adv_acc"] is None  # not the authors' attack settings (2 steps, 8 points): no reference key
     on_disk = json.loads((tmp_path / "r" / f"{name}.json").read_text())
-    adef = next(r for r in on_disk["attacks"].values() if r["attack"] == "adef")
-    assert set(adef) >= {"acc", "n_success", "tnorm_px_mean", "tnorm_px_median", "settings"}
+    adef = next(r for r in on_disk["rows"].values() if r["attack"] == "adef")
+    assert set(adef) >= {"acc", "n_success", "deformation", "settings", "robust_flags"}
+    assert set(adef["deformation"]) == {"tnorm_px", "mean_px"}
     assert (tmp_path / "r" / f"{name}.md").read_text().count("| stadv [") == 1
 
 

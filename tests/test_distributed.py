@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 import torch.multiprocessing as mp
-import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -14,14 +13,9 @@ import functools  # noqa: E402
 
 from utils.losses import gradient_regularized  # noqa: E402
 from utils.training import TrainStep  # noqa: E402
+from conftest import tiny_classifier  # noqa: E402
 
 WORLD = 2
-
-
-def tiny():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(4),
-                         nn.Flatten(), nn.Linear(96, 5))
 
 
 def batch():
@@ -44,7 +38,7 @@ def worker(rank, port, lamb, out):
 
     dist.init("cpu")
     try:
-        model = dist.wrap(tiny(), torch.device("cpu"))
+        model = dist.wrap(tiny_classifier(classes=5, width=6), torch.device("cpu"))
         x, y = batch()
         shard = slice(rank * 4, rank * 4 + 4)
         one_step(model, x[shard], y[shard], lamb)
@@ -66,9 +60,9 @@ def test_ddp_step_equals_single_process_step(lamb, tmp_path):
     out = str(tmp_path / "ddp.pt")
     mp.spawn(worker, args=(free_port(), lamb, out), nprocs=WORLD, join=True)
     ddp = torch.load(out, weights_only=True)
-    single = tiny()
+    single = tiny_classifier(classes=5, width=6)
     one_step(single, *batch(), lamb)
-    before = tiny().state_dict()
+    before = tiny_classifier(classes=5, width=6).state_dict()
     for k, v in single.state_dict().items():
         assert torch.allclose(ddp[k], v, atol=1e-6, rtol=1e-5), k
         if v.is_floating_point() and "running" not in k:
@@ -81,9 +75,9 @@ def test_channels_last_fast_path_gives_the_same_step_on_cpu():
     x, y = batch()
     results = []
     for cl in (False, True):
-        model = tiny()
+        model = tiny_classifier(classes=5, width=6)
         train_model, plain = prepare_training_model(model, torch.device("cpu"), channels_last=cl)
-        assert plain.state_dict().keys() == tiny().state_dict().keys()
+        assert plain.state_dict().keys() == tiny_classifier(classes=5, width=6).state_dict().keys()
         assert plain[0].weight.is_contiguous(memory_format=torch.channels_last) == cl
         one_step(train_model, x, y, 0.0)
         results.append(plain.state_dict())

@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from pyautoattack.autopgd_base import APGDAttack
 
@@ -13,34 +12,14 @@ import train_gsem
 from attacks import PGD
 from attacks.autoattack_lib import apgd
 from attacks.cw import CWL2
-from models import GradSemiMaskModule
-from attacks import AttackConfig, build_attack
-from utils.runtime import autocast, bf16_native
+from attacks import ATTACKS, AttackConfig, build_attack, list_attacks
+from conftest import linear_task_model, tiny_gsem
+from utils import evaluation
+from utils.precision import autocast, bf16_native
 
 
 # the intensity attacks of the registry (the deformation attacks have their own tests)
 GSEM_SUITE_ATTACKS = ["PGD500", "CW100", "APGD500", "AA", "AA-standard", "AA-rand", "CWinf", "PGD-uncorrected"]
-
-
-def linear_task_model():
-    """An undefended (nearly linear) conv net fitted for 20 steps to a linear teacher on 32x32 images."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 32 * 32, 2))
-    x = torch.rand(128, 3, 32, 32)
-    w = torch.randn(3, 32, 32)
-    y = ((x - 0.5) * w).sum((1, 2, 3)).gt(0).long()
-    opt = torch.optim.Adam(model.parameters(), 1e-3)
-    for _ in range(20):
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-    return model.eval(), x, y
-
-
-def tiny_gsem(beta=4, classes=10):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GradSemiMaskModule(4, 6, beta), nn.Conv2d(4, 4, 3, stride=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, classes)).eval()
 
 
 def acc(model, x, y):
@@ -61,7 +40,8 @@ def test_linf_attacks_keep_the_eps_ball_and_range(name):
     x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
     attack, settings = build_attack(name, model, AttackConfig(eot_iter=2, steps_scale=0.01))
     x_adv = attack(x, y)
-    assert settings["eps"] == pytest.approx(8 / 255)
+    assert settings["eps"] == 8.0  # flag units; the attack holds it in [0, 1] units
+    assert [v for k, v in attack.settings().items() if k.split(".")[-1] == "eps"][0] == pytest.approx(8 / 255)
     assert (x_adv - x).abs().max() <= 8 / 255 + 1e-5 and x_adv.min() >= 0 and x_adv.max() <= 1
     assert not model.training
 
@@ -129,42 +109,49 @@ def test_seed_command_parses_and_defaults_are_the_reference_settings():
     args = evaluate_gsem.get_args(["--classifier_name", "GSeMResNet18", "--dataset_name", "cifar10",
                                    "--model_load_path", "xxxx.pt"])
     assert args.attacks == ["Clean", "PGD500", "CW100", "APGD500", "AA"]
-    assert (args.batch_size, args.att_eot_num, args.eps, args.repeat, args.steps_scale, args.amp) == \
+    assert (args.batch_size, args.eot_iter, args.eps, args.repeat, args.steps_scale, args.amp) == \
         (512, 20, 8.0, 1, 1.0, False)
-    cfg = evaluate_gsem.attack_config(args, 10, args.seed)
-    s = {name: build_attack(name, tiny_gsem(), cfg)[1] for name in args.attacks[1:]}
-    assert (s["PGD500"]["steps"], s["PGD500"]["alpha"], s["PGD500"]["eot_iter"]) == (500, 2 / 255, 20)
-    assert (s["CW100"]["steps"], s["CW100"]["c"], s["CW100"]["kappa"], s["CW100"]["lr"], s["CW100"]["bounded"]) == \
-        (500, 1.0, 0.0, 0.01, False)
-    assert (s["APGD500"]["steps"], s["APGD500"]["restarts"], s["APGD500"]["rho"]) == (500, 50, 0.75)
-    assert (s["AA"]["iterations"], s["AA"]["queries"], s["AA"]["n_target_classes"]) == (10, 5000, 9)
+    cfg = AttackConfig.from_args(args, seed=args.seed)
+    s = {name: build_attack(name, tiny_gsem(), cfg)[0].settings() for name in args.attacks[1:]}
+    assert (s["PGD500"]["steps"], s["PGD500"]["alpha"], s["PGD500"]["eot_iter"], s["PGD500"]["eps"]) == \
+        (500, 2 / 255, 20, 8 / 255)
+    assert (s["CW100"]["steps"], s["CW100"]["c"], s["CW100"]["kappa"], s["CW100"]["lr"], s["CW100"]["eot_iter"]) == \
+        (500, 1.0, 0.0, 0.01, 20)
+    assert (s["APGD500"]["n_iter"], s["APGD500"]["n_restarts"], s["APGD500"]["rho"], s["APGD500"]["eot_iter"]) == \
+        (500, 50, 0.75, 20)
+    assert (s["AA"]["APGD-CE.n_iter"], s["AA"]["APGD-T.n_target_classes"], s["AA"]["FAB-T.n_iter"]) == (10, 9, 10)
+    assert s["AA"]["Square.n_queries"] == 5000 and s["AA"]["APGD-T.eot_iter"] == 20
     aa, _ = build_attack("AA", tiny_gsem(), cfg)
     square = dict(aa.attacks)["Square"].attack  # as the authors ran it: torchattacks' rescaled p schedule
     assert square.rescale_schedule is True and square.n_queries == 5000
+    # on a deterministic model EOT takes one pass: the same expectation without 19 identical passes
+    assert build_attack("APGD500", tiny_gsem(beta=0), cfg)[0].settings()["eot_iter"] == 1
 
 
 @pytest.mark.slow
 def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem_checkpoint, tmp_path, capsys,
                                                              monkeypatch):
+    everything = ["Clean", *list_attacks()]
     record = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
-        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *evaluate_gsem.ALL_ATTACKS, "--repeat", "2",
-        "--worst_case")))
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *everything, "--repeat", "2", "--worst_case")))
     out = capsys.readouterr().out
-    for name in ("Clean", "PGD500", "CW100", "APGD500", "AA"):
-        assert f"\n{name}: " in out
+    assert "\nClean: " in out
+    for name in ("PGD500", "CW100", "APGD500", "AA"):
+        assert f"\n{name} [eot_iter=1, steps_scale=0.002, n=6, repeat=2]: " in out  # a shrunk attack says so
     assert (record["alpha"], record["beta"]) == (5, 3)  # taken from the checkpoint
-    rows = {r["attack"]: r for r in record["results"].values()}
-    assert set(rows) == set(evaluate_gsem.ALL_ATTACKS) and "sanity" in record
-    assert len(rows["PGD500"]["accs"]) == 2 and rows["APGD500"]["settings"]["seed"] == 0  # draw 0's settings
+    rows = {r["attack"]: r for r in record["rows"].values()}
+    assert set(rows) == set(list_attacks()) and "sanity" in record
+    assert len(rows["PGD500"]["accs"]) == 2 and rows["APGD500"]["attack_settings"]["seed"] == 0  # draw 0's settings
+    assert rows["PGD500"]["seeds"] == [0, 1]
     assert all(0 <= r["acc"] <= 1 and 0 <= r["acc_on_clean_correct"] <= 1 for r in rows.values())  # fractions
-    assert record["worst_case"]["acc"] <= min(r["acc"] for k, r in rows.items() if k != "Clean")
+    assert record["worst_case"]["acc"] <= min(r["acc"] for r in rows.values())
     path = tmp_path / (os.path.basename(gsem_checkpoint)[:-3] + "_cifar10_eval.json")
     assert json.loads(path.read_text())["checkpoint_sha256"] == record["checkpoint_sha256"]
     assert path.with_suffix(".md").read_text().count("| PGD500 [") == 1
 
     ran = []
-    real = evaluate_gsem.attack_accuracy
-    monkeypatch.setattr(evaluate_gsem, "attack_accuracy", lambda *a, **k: ran.append(a[3]) or real(*a, **k))
+    real = evaluation.attack_pass
+    monkeypatch.setattr(evaluation, "attack_pass", lambda *a, **k: ran.append(k["desc"]) or real(*a, **k))
     evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
         cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "Clean", "PGD500", "CWinf", "--repeat", "2",
         "--worst_case", "--resume", "--no-sanity_checks")))
@@ -178,16 +165,16 @@ def test_resume_with_other_settings_keeps_the_earlier_rows(cifar10_root, gsem_ch
     second = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
         cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "PGD500", "--eps", "4", "--resume",
         "--no-sanity_checks")))
-    assert set(first["results"]) < set(second["results"])  # the eps 8 rows are still there, beside the eps 4 row
-    labels = [k for k in second["results"] if k.startswith("PGD500")]
-    assert len(labels) == 2 and any("eps=0.01569" in k for k in labels)
+    assert set(first["rows"]) < set(second["rows"])  # the eps 8 rows are still there, beside the eps 4 row
+    labels = [k for k in second["rows"] if k.startswith("PGD500")]
+    assert len(labels) == 2 and any("eps=4" in k for k in labels)
 
 
 def test_subset_sets_the_number_of_points(cifar10_root, gsem_checkpoint, tmp_path):
     argv = [a for a in eval_args(cifar10_root, gsem_checkpoint, tmp_path) if a not in ("--n_examples", "6")]
     record = evaluate_gsem.main(evaluate_gsem.get_args(argv + ["--subset", "4", "--attacks", "Clean",
                                                                "--no-sanity_checks"]))
-    assert [r["n_examples"] for r in record["results"].values()] == [4]
+    assert record["clean"]["n"] == 4 and record["rows"] == {}
 
 
 def test_bad_checkpoints_give_clear_messages(cifar10_root, gsem_checkpoint, tmp_path, capsys):
@@ -198,7 +185,7 @@ def test_bad_checkpoints_give_clear_messages(cifar10_root, gsem_checkpoint, tmp_
             evaluate_gsem.main(evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, *extra)))
         assert e.value.code == 2 and expected in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "FGSM"))
+        evaluate_gsem.get_args(eval_args(cifar10_root, gsem_checkpoint, tmp_path, "--attacks", "no-such-attack"))
 
 
 @pytest.mark.skipif(not bf16_native(torch.device("cpu")), reason="this CPU has no native bf16: --amp is a no-op")
@@ -208,12 +195,12 @@ def test_every_attack_runs_under_bf16_autocast_on_cpu():
     model = tiny_gsem()
     x, y = torch.rand(6, 3, 32, 32), torch.randint(0, 10, (6,))
     for name in GSEM_SUITE_ATTACKS:
-        attack, settings = build_attack(name, model, AttackConfig(eot_iter=2, steps_scale=0.01, amp=True))
+        attack, _ = build_attack(name, model, AttackConfig(eot_iter=2, steps_scale=0.01))
         with autocast(torch.device("cpu"), True):
             x_adv = attack(x, y)
         assert x_adv.dtype == torch.float32 and torch.isfinite(x_adv).all(), name
         assert x_adv.min() >= 0 and x_adv.max() <= 1, name
-        if settings.get("norm") == "Linf":
+        if ATTACKS[name].budget is not None:
             assert (x_adv - x).abs().max() <= 8 / 255 + 1e-6, name
         if name in ("PGD500", "CWinf", "PGD-uncorrected"):
             assert (x_adv - x).abs().max() > 1 / 255, name

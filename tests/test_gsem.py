@@ -1,11 +1,11 @@
 """GSeM module: forward as the reference, corrected gradient = g_d + g_r, EOT forms, PGD invariants."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from attacks import PGD
 from models import GradSemiMaskModule, build_model, set_gradient_correction
+from conftest import tiny_gsem
 from utils.eot import eot_backward, eot_input_grad
 
 
@@ -56,18 +56,12 @@ def test_alpha_beta_not_in_state_dict_and_switch_reaches_every_module():
     assert model.gsem_module.gradient_correction is False
 
 
-def tiny_gsem_net(beta=4):
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GradSemiMaskModule(4, 6, beta), nn.Conv2d(4, 4, 3, stride=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 3)).eval()
-
-
 def ce(logits, y):
     return F.cross_entropy(logits, y, reduction="none")
 
 
 def test_batched_and_looped_eot_equal_without_noise():
-    model = tiny_gsem_net(beta=0)
+    model = tiny_gsem(size=16, classes=3, beta=0)
     x, y = torch.rand(5, 3, 16, 16), torch.randint(0, 3, (5,))
     g1, l1 = eot_input_grad(model, x, y, ce, eot_iter=4, batched=True)
     g2, l2 = eot_input_grad(model, x, y, ce, eot_iter=4, batched=False)
@@ -80,7 +74,7 @@ def test_batched_and_looped_eot_equal_without_noise():
 
 
 def test_batched_and_looped_eot_agree_in_expectation():
-    model = tiny_gsem_net(beta=4)
+    model = tiny_gsem(size=16, classes=3, beta=4)
     torch.manual_seed(1)
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 3, (4,))
     big = 400
@@ -97,7 +91,7 @@ def test_batched_and_looped_eot_agree_in_expectation():
 
 
 def test_eot_backward_averages_weight_gradients():
-    model = tiny_gsem_net(beta=0).train()
+    model = tiny_gsem(size=16, classes=3, beta=0).train()
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 3, (4,))
     model.zero_grad()
     loss, _, _ = eot_backward(lambda: (F.cross_entropy(model(x), y), model(x), {}), eot_iter=3)
@@ -109,7 +103,7 @@ def test_eot_backward_averages_weight_gradients():
 
 
 def test_pgd_invariants_and_mode_restored():
-    model = tiny_gsem_net().train()
+    model = tiny_gsem(size=16, classes=3, beta=4).train()
     x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 3, (6,))
     x_adv = PGD(model, eps=8 / 255, alpha=2 / 255, steps=3, eot_iter=2)(x, y)
     assert model.training
@@ -119,7 +113,7 @@ def test_pgd_invariants_and_mode_restored():
 
 def test_corrected_pgd_at_least_as_strong_as_uncorrected():
     torch.manual_seed(0)
-    model = tiny_gsem_net(beta=0)
+    model = tiny_gsem(size=16, classes=3, beta=0)
     x, y = torch.rand(32, 3, 16, 16), torch.randint(0, 3, (32,))
     model.train()
     opt = torch.optim.Adam(model.parameters(), 1e-2)

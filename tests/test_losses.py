@@ -8,6 +8,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import build_model
+from conftest import tiny_gsem
 from utils.awp import AWP
 from utils.losses import cross_entropy, mart, mart_loss
 from utils.training import TrainStep, half_adversarial
@@ -96,7 +97,7 @@ def test_mart_step_with_awp_perturbs_during_the_loss_and_restores_after_the_step
 
     def loss_fn(model, x_in, y, x):
         during.append(model[1].weight.detach().clone())
-        return mart(model, x_in, y, x, beta=5.0)
+        return mart(model, x_in, y, x, mart_beta=5.0)
 
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     loss, logits, _ = TrainStep(model, opt, loss_fn, make_input=Marker(), eot_iter=2,
@@ -104,14 +105,6 @@ def test_mart_step_with_awp_perturbs_during_the_loss_and_restores_after_the_step
     assert len(during) == 2 and not torch.equal(during[0], w0)  # perturbed during the loss
     assert model[1].weight.grad is not None and torch.isfinite(loss)
     assert torch.equal(model[1].weight, w0)  # restored after the (zero) step
-
-
-def tiny_gsem_net():
-    from models import GradSemiMaskModule
-
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), GradSemiMaskModule(4, 6, beta=0), nn.Conv2d(4, 4, 3, stride=2),
-                         nn.ReLU(), nn.Flatten(), nn.Linear(4 * 7 * 7, 3)).eval()  # beta 0: deterministic forward
 
 
 def stem_grad(model, loss):
@@ -123,7 +116,7 @@ def test_mart_default_is_the_released_codes_correction_scope():
     corrected: the default MART loss reproduces that stem gradient; --correct_adv_forward corrects both forwards."""
     from models import gradient_correction
 
-    model = tiny_gsem_net()
+    model = tiny_gsem(beta=0, classes=3, size=16)
     torch.manual_seed(1)
     x, x_adv, y = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     with gradient_correction(model, False):
@@ -140,7 +133,7 @@ def test_the_no_correction_ablation_gives_the_update_the_masked_gradient():
     from models import set_gradient_correction
     from utils.losses import with_gradient_correction
 
-    model = tiny_gsem_net()
+    model = tiny_gsem(beta=0, classes=3, size=16)
     x, y = torch.rand(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
     masked = stem_grad(model, with_gradient_correction(cross_entropy, False)(model, x, y, x)[0])
     corrected = stem_grad(model, cross_entropy(model, x, y, x)[0])
@@ -152,11 +145,11 @@ def test_the_no_correction_ablation_gives_the_update_the_masked_gradient():
 def test_trades_equals_its_formula_on_a_tiny_model():
     from utils.losses import trades
 
-    model = tiny_gsem_net().double()  # float64: the KL term is small
+    model = tiny_gsem(beta=0, classes=3, size=16).double()  # float64: the KL term is small
     torch.manual_seed(4)
     x, x_adv = torch.rand(4, 3, 16, 16, dtype=torch.float64), torch.rand(4, 3, 16, 16, dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0])
-    loss, logits, terms = trades(model, x_adv, y, x, beta=6.0)
+    loss, logits, terms = trades(model, x_adv, y, x, trades_beta=6.0)
     p_nat, p_adv = F.softmax(model(x), 1), F.softmax(model(x_adv), 1)
     kl = (p_nat * (p_nat.log() - p_adv.log())).sum(1).mean()  # KL(f(x) || f(x_adv)), batch mean
     assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + 6.0 * kl.item(), rel=1e-5)
@@ -175,7 +168,7 @@ def test_pgd_at_step_is_cross_entropy_on_the_attacked_batch():
 def test_trades_attack_keeps_the_ball_and_raises_the_kl():
     from attacks.trades import TradesPGD, kl_to
 
-    model = tiny_gsem_net()
+    model = tiny_gsem(beta=0, classes=3, size=16)
     torch.manual_seed(5)
     x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 3, (6,))
     x_adv = TradesPGD(model, eps=8 / 255, alpha=2 / 255, steps=5)(x, y)

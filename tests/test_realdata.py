@@ -81,7 +81,7 @@ def test_fgr_scripts_train_and_evaluate_on_mnist(tmp_path):
     record = evaluate.main(evaluate.get_args(common + [
         "--checkpoint", str(path),
         "--result_path", str(tmp_path / "r"), "--subset", "8", "--steps", "2"]))
-    assert 0 <= record["val_acc"] <= 1 and len(record["attacks"]) == 1
+    assert 0 <= record["val_acc"] <= 1 and len(record["rows"]) == 1
 
 
 def test_gsem_training_runs_on_one_channel_data(tmp_path):

@@ -1,19 +1,11 @@
 """FGR and IGR penalties against direct computations (the authors' reduction and gather sampler)."""
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
+from conftest import tiny_classifier as tiny_model
 from utils.losses import gradient_regularized
 from utils.regularizers import flow_gradient_penalty, input_gradient_penalty
-
-
-def tiny_model(dtype=torch.float32, bn=True):
-    torch.manual_seed(0)
-    layers = [nn.Conv2d(3, 8, 3, padding=1)]
-    layers += [nn.BatchNorm2d(8)] if bn else []
-    layers += [nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(8 * 4 * 4, 10)]
-    return nn.Sequential(*layers).to(dtype)
 
 
 def direct_fgr(model, x, y):
@@ -73,7 +65,7 @@ def test_fgr_reduction_scales_as_inverse_batch_squared():
 
 @pytest.mark.parametrize("sampler", ["gather", "native"])
 def test_penalty_weight_gradient_gradcheck(sampler):
-    model = tiny_model(torch.float64, bn=False)
+    model = tiny_model(dtype=torch.float64, bn=False)
     torch.manual_seed(4)
     x, y = torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (2,))
     w = model[0].weight

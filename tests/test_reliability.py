@@ -19,7 +19,7 @@ import train_gsem_mart
 from models import build_model
 from utils import training
 from utils.checkpoint import Checkpointer
-from utils.data import load_dataset
+from utils.datasets import load_dataset
 from utils.errors import UserError
 from utils.losses import cross_entropy
 from utils.results import write_json
@@ -74,7 +74,7 @@ def test_the_loop_names_the_first_non_finite_step_and_keeps_the_last_good_state(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
     loader = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(4)]
-    ckpt = Checkpointer(str(tmp_path / "r.last.pt"), str(tmp_path / "r.log.json"), {}, best_path=str(tmp_path / "r.pt"),
+    ckpt = Checkpointer(str(tmp_path / "r.last.pt"), str(tmp_path / "r.log.json"), {}, result_keys=[], best_path=str(tmp_path / "r.pt"),
                         select_key="val_acc")
     with pytest.raises(Diverged, match=r"epoch 2, step 3/4: loss nan, ce [0-9.]+ .*the last good state is"):
         fit(TrainStep(model, opt, NaNAt(7)), loader, sched, lambda: {"val_acc": 0.5}, ckpt, epochs=3, bar=False,
@@ -148,7 +148,8 @@ def test_the_three_gsem_scripts_in_a_row_keep_three_models(cifar10_root, tmp_pat
     files = [script.main(script.get_args(argv))["best_file"] for script in scripts]
     assert len(set(files)) == 3 and all(os.path.isfile(f) for f in files)
     names = [os.path.basename(f) for f in files]
-    assert names[0].startswith("GSeMResNet18_6_4_epochs1") and "_mart_" in names[1] and "_awp_" in names[2]
+    assert names[0].startswith("GSeMResNet18_6_4_batch_size4_epochs1") and names[1].startswith("GSeMResNet18_6_4_mart_")
+    assert names[2].startswith("GSeMResNet18_6_4_awp_")
     lasts = [f for f in os.listdir(tmp_path / "cifar10") if f.endswith(".last.pt")]
     assert len(lasts) == 3
 
@@ -157,7 +158,7 @@ def test_the_three_gsem_scripts_in_a_row_keep_three_models(cifar10_root, tmp_pat
 
 def test_a_normalised_checkpoint_is_evaluated_normalised_without_the_flag(cifar10_root, tmp_path, capsys):
     main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0", "--normalize")))
-    ckpt = str(tmp_path / "w" / "cifar10_vgg11_norm_epochs1_batch_size8_subset16.pt")
+    ckpt = str(tmp_path / "w" / "cifar10_vgg11_normalize_epochs1_batch_size8_subset16.pt")
     plain = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt)))
     flagged = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt, "--normalize")))
     assert plain["args"]["normalize"] is True and plain["val_acc"] == flagged["val_acc"]
@@ -176,7 +177,7 @@ def test_an_unwritable_output_folder_fails_before_any_epoch(cifar10_root, tmp_pa
     assert "cannot write to the output folder" in err and "file" in err
     sd = build_model("vgg11", 10).state_dict()
     torch.save(sd, tmp_path / "ok.pt")
-    monkeypatch.setattr(evaluate, "attack_accuracy", lambda *a, **k: pytest.fail("an attack started"))
+    monkeypatch.setattr(evaluate, "run_attacks", lambda *a, **k: pytest.fail("an attack started"))
     unwritable = ["--checkpoint", str(tmp_path / "ok.pt"), "--result_path", str(tmp_path / "file" / "r")]
     err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, *unwritable))))
     assert "cannot write to the output folder" in err

@@ -38,20 +38,22 @@ def trained(cifar10_root, tmp_path_factory):
 @pytest.mark.parametrize("lamb,name", [("300", RUN), ("0", "cifar10_vgg11")])
 def test_seed_commands_parse_verbatim_and_name_runs_as_the_reference(lamb, name):
     seed = ["--data_path", "your_path", "--data_name", "cifar10", "--model_name", "vgg11", "--fgr_lamb", lamb]
-    for module in (main, evaluate):
-        args = module.get_args(seed)
-        assert fgr_run_name(args) == name
+    p = main.parser()
     args = main.get_args(seed)
+    assert fgr_run_name(args, vars(p.parse_args([])), p.result_flags()) == name
+    p, identity = evaluate.parser()
+    assert fgr_run_name(evaluate.get_args(seed), vars(p.parse_args([])), identity) == name
     assert (args.epochs, args.batch_size, args.lr, args.momentum, args.weight_decay, args.milestones,
             args.rs_sigma, args.augment) == (80, 128, 0.01, 0.9, 5e-4, [40, 60], 0.01, "reference")
     args = evaluate.get_args(seed)
-    assert (args.flow_eps, args.steps, args.batch_size) == (0.01, 100, 128)
+    assert (args.flow_eps, args.flow_steps, args.batch_size, args.attacks) == (0.01, 100, 128, ["flow"])
 
 
 def test_train_writes_a_named_checkpoint_with_metadata(trained):
     path = trained / "w" / f"{SMOKE}.pt"
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt) >= {"model", "args", "epoch", "metrics"} and "optimizer" not in ckpt  # weights only
+    assert set(ckpt) >= {"model", "model_spec", "args", "epoch", "metrics"} and "optimizer" not in ckpt  # weights only
+    assert ckpt["model_spec"] == {"name": "vgg11", "num_classes": 10, "options": {"in_channels": 3}, "normalize": None}
     last = torch.load(trained / "w" / f"{SMOKE}.last.pt", weights_only=True)
     assert set(last) >= {"model", "args", "epoch", "metrics", "optimizer", "scheduler", "rng", "history"}
     assert ckpt["epoch"] == 1 and ckpt["args"]["fgr_lamb"] == 300.0 and ckpt["args"]["epochs"] == 1
@@ -65,8 +67,10 @@ def test_evaluate_writes_json_keyed_by_checkpoint_and_settings(cifar10_root, tra
     record = evaluate.main(evaluate.get_args(eval_args(cifar10_root, trained)))
     out = json.loads((trained / "r" / f"{SMOKE}.json").read_text())
     assert 0 <= out["val_acc"] <= 1 and out["val_n"] == 16
-    row = out["attacks"]["flow [steps=3, step_size=0.003333, n=16]"]
-    assert row["settings"]["steps"] == 3 and row["settings"]["eps"] == 0.01 and 0 <= row["acc"] <= 1
+    row = out["rows"]["flow [flow_steps=3, n=16]"]
+    assert row["settings"] == {"flow_eps": 0.01, "flow_steps": 3, "steps_scale": 1.0} and 0 <= row["acc"] <= 1
+    assert row["attack_settings"]["steps"] == 3 and row["deformation"]["tnorm_px"].keys() == {"mean", "median"}
+    assert out["format"] == 2 and out["clean"]["acc"] == out["val_acc"] and len(out["clean"]["flags"]) == 16
     assert out["adv_acc"] is None  # adv_acc is only the authors' attack at its settings on the whole test set
     assert out == json.loads(json.dumps(record))
     assert "adv   - acc:" in capsys.readouterr().out
@@ -179,10 +183,20 @@ def test_interrupted_run_resumes_to_the_same_result(cifar10_root, tmp_path, monk
     assert got["history"][1]["train_loss"] == ref["history"][1]["train_loss"]
 
 
-def test_resume_refuses_other_settings(cifar10_root, trained, capsys):
+def test_other_settings_name_another_run_and_a_resume_state_of_other_settings_is_refused(cifar10_root, trained,
+                                                                                         tmp_path, capsys):
+    p = main.parser()
+    args = main.get_args(train_args(cifar10_root, trained, "--epochs", "1", "--sampler", "gather"))
+    assert fgr_run_name(args, vars(p.parse_args([])), p.result_flags()) == RUN + "_epochs1_batch_size16_samplergather_subset32"
+    import shutil
+
+    shutil.copytree(trained / "w", tmp_path / "w")
+    state = torch.load(tmp_path / "w" / f"{SMOKE}.last.pt", weights_only=True)
+    state["args"]["sampler"] = "gather"  # a state written with another result-changing setting
+    torch.save(state, tmp_path / "w" / f"{SMOKE}.last.pt")
     err = _exit_message(capsys, lambda: main.main(main.get_args(
-        train_args(cifar10_root, trained, "--epochs", "1", "--resume", "--sampler", "gather"))))
-    assert "other settings" in err and "sampler" in err
+        train_args(cifar10_root, tmp_path, "--epochs", "1", "--resume"))))
+    assert "other settings" in err and "sampler: 'gather' -> 'auto'" in err
 
 
 def test_crash_during_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):

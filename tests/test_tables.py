@@ -27,8 +27,8 @@ def results(cifar10_root, tmp_path_factory):
 def test_three_attack_settings_in_a_row_leave_three_rows_and_one_table(results, capsys):
     files = [f for f in os.listdir(results) if f.endswith(".json")]
     assert files == ["cifar10_vgg11_epochs1_batch_size8_subset16.json"]
-    rows = json.loads((results / files[0]).read_text())["attacks"]
-    assert len(rows) == 3 and len({r["settings"]["steps"] for r in rows.values()}) == 2
+    rows = json.loads((results / files[0]).read_text())["rows"]
+    assert len(rows) == 3 and len({r["settings"]["flow_steps"] for r in rows.values()}) == 2
     text = tables.main(["--result_path", str(results)])
     header = text.splitlines()[0]
     for label in rows:

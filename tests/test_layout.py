@@ -60,3 +60,35 @@ def test_the_training_loop_knows_no_method():
         names = {t.string.lower() for t in tokenize.generate_tokens(f.readline) if t.type == tokenize.NAME}
     for word in ("gsem", "reload", "mart", "fgr", "stage", "carry"):
         assert not [n for n in names if word in n], word
+
+
+def test_no_import_circle_between_modules():
+    """The module graph (a package's own __init__ left out: it imports its modules by design) has no cycle."""
+    mods = repo_modules()
+    graph = {}
+    for m, p in mods.items():
+        own = m if m in PACKAGES else m.split(".")[0]
+        graph[m] = {t for t in imports_of(m, p, mods) if t != own}
+    state = {}
+
+    def visit(m, path):
+        state[m] = "open"
+        for t in graph[m]:
+            assert state.get(t) != "open", f"import circle: {' -> '.join(path + [m, t])}"
+            if t not in state:
+                visit(t, path + [m])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_floors_are_visible_in_files():
+    """What attacks need (precision, modes, warp, EOT, argument types) sits in modules that import no set-up code."""
+    mods = repo_modules()
+    for low in ("utils.precision", "utils.modes", "utils.argtypes", "utils.flow", "utils.eot"):
+        assert not imports_of(low, mods[low], mods), f"{low} imports repository modules"
+    assert "utils.datasets" not in imports_of("attacks.registry", mods["attacks.registry"], mods)
+    with open(mods["attacks.registry"]) as f:
+        assert "class Uncorrected" not in f.read()  # a training wrapper, not a registration

@@ -1,0 +1,84 @@
+"""The README's three extensions, run as printed: an attack with one knob (one file + its registration), a loss with
+one hyperparameter (trained one step through --loss) and a model (normalised, trained through main.py)."""
+import os
+import re
+
+import pytest
+import torch
+
+import evaluate
+import evaluate_gsem
+import main
+import train_gsem
+from attacks import ATTACKS, AttackConfig, build_attack
+from attacks.registry import unregister_attack
+from models import build_model, unregister
+from utils import losses
+
+README = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+
+
+def snippet(marker: str) -> str:
+    blocks = [b for b in re.findall(r"```py\n(.*?)```", README, re.S) if marker in b]
+    assert len(blocks) == 1, marker
+    return blocks[0]
+
+
+@pytest.fixture
+def rfgsm():
+    exec(snippet("# attacks/rfgsm.py"), {})
+    yield "RFGSM"
+    unregister_attack("RFGSM")
+
+
+def test_the_readme_attack_gets_flags_in_both_scripts_and_keeps_its_budget(rfgsm, capsys):
+    for script, argv in ((evaluate, []), (evaluate_gsem, ["--model_load_path", "x.pt"])):
+        with pytest.raises(SystemExit):
+            script.get_args(argv + ["--help"])
+        assert "--rfgsm_alpha" in capsys.readouterr().out
+        assert script.get_args(argv + ["--attacks", rfgsm, "--rfgsm_alpha", "2"]).rfgsm_alpha == 2.0
+    model = build_model("resnet18", 10).eval()
+    torch.manual_seed(0)
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    attack, settings = build_attack(rfgsm, model, AttackConfig(eps=4 / 255))
+    x_adv = attack(x, y)
+    assert settings == {"eps": 4.0, "rfgsm_alpha": 4.0} and ATTACKS[rfgsm].budget.knob == "eps"
+    assert (x_adv - x).abs().max() <= 4 / 255 + 1e-6 and not torch.equal(x_adv, x)
+
+
+@pytest.fixture
+def alp():
+    exec(snippet("def alp("), vars(losses))
+    yield "alp"
+    losses.OBJECTIVES.pop("alp")
+
+
+def test_the_readme_loss_trains_a_step_through_loss(alp, cifar10_root, tmp_path):
+    argv = ["--loss", alp, "--alp_weight", "1", "--classifier_name", "resnet18", "--dataset_name", "cifar10",
+            "--data_path", cifar10_root, "--no-verify_data", "--model_save_path", str(tmp_path), "--subset", "4",
+            "--batch_size", "4", "--epochs", "1", "--reload", "1", "--gra_eot_num", "1", "--att_eot_num", "1",
+            "--attack_steps", "1", "--workers", "0", "--no_bar", "--best_acc", "-1"]
+    result = train_gsem.main(train_gsem.get_args(argv))
+    assert "_lossalp_alp_weight1.0_" in os.path.basename(result["best_file"])
+    record = result["history"][0]
+    assert record["train_pair"] >= 0 and torch.isfinite(torch.tensor(record["train_loss"]))
+
+
+@pytest.fixture
+def lenet():
+    exec(snippet("# models/lenet.py"), {})
+    yield "lenet"
+    unregister("lenet")
+
+
+def test_the_readme_model_is_normalised_and_trains_through_main(lenet, cifar10_root, tmp_path):
+    torch.manual_seed(0)
+    plain, normed = build_model(lenet, 10), build_model(lenet, 10, normalize=((0.5,) * 3, (0.25,) * 3))
+    normed.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(normed(x), plain((x - 0.5) / 0.25), atol=1e-6)
+    main.main(main.get_args(["--data_path", cifar10_root, "--no-verify_data", "--model_name", lenet, "--normalize",
+                             "--weight_path", str(tmp_path), "--epochs", "1", "--subset", "8", "--batch_size", "8",
+                             "--workers", "0", "--no_bar"]))
+    ckpt = torch.load(tmp_path / "cifar10_lenet_normalize_epochs1_batch_size8_subset8.pt", weights_only=True)
+    assert ckpt["model_spec"]["name"] == "lenet" and ckpt["model_spec"]["normalize"] is not None

@@ -288,3 +288,18 @@ def test_ctrl_c_is_one_line_that_says_how_to_resume(cifar10_root, tmp_path, caps
         main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 130 and "--resume" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_two_evaluations_of_one_checkpoint_at_once_keep_both_rows(tmp_path):
+    """Each write re-reads the file under a lock and merges: the writer that finishes last no longer drops the
+    other's rows (both started before either wrote)."""
+    from utils.results import ResultFile
+
+    path = str(tmp_path / "c.json")
+    first = ResultFile(path, {"checkpoint_sha256": "abc"}, say=lambda *a: None)
+    second = ResultFile(path, {"checkpoint_sha256": "abc"}, say=lambda *a: None)
+    first.add("flow", {"acc": 0.1})
+    first.write(lambda rec: [])
+    second.add("adef", {"acc": 0.2})
+    second.write(lambda rec: [])
+    assert set(json.loads((tmp_path / "c.json").read_text())["rows"]) == {"flow", "adef"}

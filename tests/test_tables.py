@@ -54,3 +54,25 @@ def test_no_result_files_is_one_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         tables.main(["--result_path", str(tmp_path)])
     assert e.value.code == 2 and capsys.readouterr().err.startswith("error: ")
+
+
+def test_both_layouts_of_both_scripts_make_one_table(tmp_path):
+    """Files of the earlier per-script layouts (format 1) and of the shared one (format 2) are read side by side."""
+    gsem_args = {"method": "gsem", "seed": 0}
+    old_gsem = {"model": "GSeMResNet18", "dataset_name": "cifar10", "alpha": 6, "beta": 4, "train_args": gsem_args,
+                "results": {"Clean": {"acc": 0.8}, "PGD500": {"acc": 0.5}}}
+    new_gsem = {"format": 2, "script": "evaluate_gsem.py", "model": "GSeMResNet18", "dataset_name": "cifar10",
+                "alpha": 5, "beta": 3, "train_args": gsem_args, "clean": {"acc": 0.7, "n": 10},
+                "rows": {"PGD500": {"acc": 0.4}}}
+    new_fgr = {"format": 2, "script": "evaluate.py", "val_acc": 0.9, "clean": {"acc": 0.9, "n": 10},
+               "train_args": {"data_name": "cifar10", "model_name": "vgg11", "fgr_lamb": 0.0},
+               "rows": {"flow": {"acc": 0.1}}}
+    for name, rec in (("old_gsem", old_gsem), ("new_gsem", new_gsem), ("new_fgr", new_fgr)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(rec))
+    text = tables.main(["--result_path", str(tmp_path)])
+    assert "| cifar10 | GSeMResNet18 | gsem | α=6, β=4 | 80.00 | – | 50.00 |" in text
+    assert "| cifar10 | GSeMResNet18 | gsem | α=5, β=3 | 70.00 | – | 40.00 |" in text
+    assert "| cifar10 | vgg11 | plain |  | 90.00 | 10.00 | – |" in text
+    from utils import plots
+
+    assert [r["_file"] for r in plots.load_results(str(tmp_path))] == ["new_fgr.json"]

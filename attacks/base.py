@@ -2,6 +2,8 @@
 each module's train/eval mode restored afterwards (as torchattacks and AutoAttack do)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from models import gradient_correction
@@ -13,9 +15,13 @@ class Attack:
 
     ``produces_flow``: True for deformation attacks, which keep the flow of their last call in ``last_flow``
     (B x H x W x 2, normalised align_corners=True units), so that evaluation can report its magnitude.
+    ``train_mode``: False (every registered attack) runs the model in eval mode; True leaves the model's mode as the
+    caller set it (a training attack run as PGD-AT's official code runs it: BatchNorm on batch statistics, its
+    forwards updating the running statistics).
     """
 
     produces_flow = False
+    train_mode = False
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
@@ -24,7 +30,8 @@ class Attack:
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with eval_mode(self.model), torch.enable_grad():  # gradients even when called under torch.no_grad()
+        mode = contextlib.nullcontext() if self.train_mode else eval_mode(self.model)
+        with mode, torch.enable_grad():  # gradients even when called under torch.no_grad()
             return self.perturb(x.detach(), y.detach())
 
     def settings(self) -> dict:

@@ -1,6 +1,7 @@
 """L-infinity PGD with random start and EOT (Madry et al., ICLR 2018), as the GSeM reference's AdaptivePGD:
 each step takes the sign of the EOT-averaged input gradient (the GSeM modules give the corrected gradient unless
-their correction is switched off), then projects onto the eps-ball and [0, 1]; the last iterate is returned.
+their correction is switched off), then projects onto the eps-ball and [0, 1] as torchattacks and the GSeM authors
+do (``x + clamp(x_adv - x, -eps, eps)``, then [0, 1]); the last iterate is returned.
 Training: eps 8/255, step 2/255, 10 steps, EOT 10; evaluation (PGD500): 500 steps, EOT 20.
 """
 from __future__ import annotations
@@ -23,16 +24,20 @@ class PGD(Attack):
     """Args: eps and alpha (step) in [0, 1] pixel units (8/255 means 8 grey levels), steps, random_start (uniform in
     the eps-ball), eot_iter (noise samples per step), batched_eot (copies of the batch in one forward, at most
     eot_batch images each; default per device, ``utils.eot``), loss_fn(logits, y) -> per-example loss to ascend
-    (default cross-entropy). Precision is the caller's: run it under ``utils.precision.autocast`` for bf16."""
+    (default cross-entropy), train_mode (the model's mode left as the caller set it, as PGD-AT's official code
+    (locuslab/robust_overfitting ``attack_pgd``) attacks in train mode: BatchNorm on batch statistics, EOT passes
+    sequential, and after the steps one more forward of the result, the official restart-selection forward, so the
+    running statistics see the same updates). Precision is the caller's: run it under
+    ``utils.precision.autocast`` for bf16."""
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True, eot_iter=1,
-                 batched_eot=True, loss_fn=ce_per_example, eot_batch=None):
+                 batched_eot=True, loss_fn=ce_per_example, eot_batch=None, train_mode=False):
         super().__init__(model)
         if eps < 0 or alpha < 0 or steps < 0 or eot_iter < 1:
             raise ValueError("PGD needs eps >= 0, alpha >= 0, steps >= 0, eot_iter >= 1")
         self.eps, self.alpha, self.steps = eps, alpha, int(steps)
-        self.random_start, self.eot_iter, self.batched_eot = random_start, int(eot_iter), batched_eot
-        self.loss_fn, self.eot_batch = loss_fn, eot_batch
+        self.random_start, self.eot_iter, self.batched_eot = random_start, int(eot_iter), batched_eot and not train_mode
+        self.loss_fn, self.eot_batch, self.train_mode = loss_fn, eot_batch, train_mode
 
     def perturb(self, x, y):
         x_adv = x.clone()
@@ -41,7 +46,10 @@ class PGD(Attack):
         for _ in range(self.steps):
             g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot, self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()
-            x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
+            x_adv = (x + (x_adv - x).clamp(-self.eps, self.eps)).clamp_(0, 1)
+        if self.train_mode:
+            with torch.no_grad():
+                self.model(x_adv)
         return x_adv.detach()
 
 

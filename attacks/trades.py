@@ -1,7 +1,8 @@
 """TRADES' inner maximisation (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades.py``): L-inf PGD on
-KL(f(x) || f(x')), started at x + 0.001 N(0, 1), sign steps, projection onto the eps-ball and [0, 1]; EOT over the
-GSeM noise through the one EOT helper (the clean prediction from one pass). A training attack (``--loss trades``),
-not registered for evaluation."""
+KL(f(x) || f(x')) in eval mode, started at x + 0.001 N(0, 1) (not clamped: the first gradient is taken there, as the
+official code), sign steps, ``min(max(x', x - eps), x + eps)`` then [0, 1] as the official code; EOT over the GSeM
+noise through the one EOT helper (the clean prediction from one pass). A training attack (``--loss trades``), not
+registered for evaluation."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,7 @@ class TradesPGD(Attack):
     def perturb(self, x, y):
         with torch.no_grad():
             p_clean = F.softmax(self.model(x).float(), dim=1)
-        x_adv = (x + 0.001 * torch.randn_like(x)).clamp(0, 1)
+        x_adv = x + 0.001 * torch.randn_like(x)
         for _ in range(self.steps):
             g, _ = eot_input_grad(self.model, x_adv, p_clean, kl_to, self.eot_iter, self.batched_eot, self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()

@@ -99,8 +99,9 @@ def reference_hooks(model):
 
 
 def reference_pgd(model, x, y, eps, alpha, steps, eot):
-    """AdaptivePGD as the reference: random start, per step ``eot`` sequential forward/backward passes with hooks,
-    sign of the summed gradient, projection; eval mode."""
+    """AdaptivePGD as the reference (a torchattacks PGD with EOT): random start, per step ``eot`` sequential
+    forward/backward passes of the batch-mean CE with the correction hooks, the sign of the summed gradient, then
+    torchattacks' projection (``x + clamp(x_adv - x, -eps, eps)``, then [0, 1]); eval mode."""
     with eval_mode(model):
         x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
         for _ in range(steps):
@@ -110,7 +111,8 @@ def reference_pgd(model, x, y, eps, alpha, steps, eot):
                 loss = F.cross_entropy(model(xi), y)
                 with reference_hooks(model):
                     grad += torch.autograd.grad(loss, xi)[0]
-            x_adv = torch.min(torch.max(x_adv + alpha * grad.sign(), x - eps), x + eps).clamp(0, 1)
+            x_adv = x_adv + alpha * grad.sign()
+            x_adv = (x + (x_adv - x).clamp(-eps, eps)).clamp(0, 1)
     return x_adv.detach()
 
 

@@ -43,7 +43,10 @@ def test_seed_commands_parse_and_defaults_are_the_reference_recipe(method):
     if method != "gsem":
         assert args.mart_beta == 5.0
     if method == "awp":
-        assert (args.awp_gamma, args.awp_lr) == (0.01, 0.01)
+        assert (args.awp_gamma, args.awp_warmup, args.awp_lr) == (None, None, 0.01)  # None: the objective's
+        small = SCRIPTS[method].get_args(["--classifier_name", "resnet18"])
+        awp = gsem_training.weight_perturbation(small, gsem_training.build_classifier(small, "cpu"), "cpu")
+        assert (awp.gamma, awp.warmup, awp.correct) == (0.01, 0, True)  # MART + AWP as the GSeM reference
     assert SCRIPTS[method].get_args(["--no-use_amp"]).use_amp is False
 
 

@@ -153,7 +153,7 @@ def test_trades_equals_its_formula_on_a_tiny_model():
     p_nat, p_adv = F.softmax(model(x), 1), F.softmax(model(x_adv), 1)
     kl = (p_nat * (p_nat.log() - p_adv.log())).sum(1).mean()  # KL(f(x) || f(x_adv)), batch mean
     assert loss.item() == pytest.approx(F.cross_entropy(model(x), y).item() + 6.0 * kl.item(), rel=1e-5)
-    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5) and torch.equal(logits, model(x))
+    assert terms["kl"].item() == pytest.approx(kl.item(), rel=1e-5) and torch.equal(logits, model(x_adv))
 
 
 def test_pgd_at_step_is_cross_entropy_on_the_attacked_batch():

@@ -86,9 +86,10 @@ def gather_grid_sample(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
         idx = (r * w + cc).long().view(b, 1, ho * wo).expand(b, c, ho * wo)
         return flat.gather(2, idx).view(b, c, ho, wo)
 
-    top = (1 - dc) * fetch(r0, c0) + dc * fetch(r0, c1)
-    bottom = (1 - dc) * fetch(r1, c0) + dc * fetch(r1, c1)
-    return (1 - dr) * top + dr * bottom
+    # along the rows first, then the columns, in the authors' order of operations (bit-identical results)
+    left = fetch(r0, c0) * (1 - dr) + fetch(r1, c0) * dr
+    right = fetch(r0, c1) * (1 - dr) + fetch(r1, c1) * dr
+    return left * (1 - dc) + right * dc
 
 
 def warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros", sampler: str = "native") -> torch.Tensor:

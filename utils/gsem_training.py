@@ -94,7 +94,7 @@ def objective(args, model):
         attack = TradesPGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
                            eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch)
     else:
-        attack = train_attack(args, model)
+        attack = train_attack(args, model, train_mode=obj.attack_train_mode)
     loss = functools.partial(obj.loss, **{k.name: getattr(args, k.name) for k in obj.params})
     if args.gradient_correction not in ("all", "attack"):
         attack = Uncorrected(model, attack)
@@ -103,11 +103,25 @@ def objective(args, model):
     return loss, {"clean": None, "adversarial": attack, "half": half_adversarial(attack)}[obj.policy]
 
 
-def train_attack(args, model) -> PGD:
+def train_attack(args, model, train_mode: bool = False) -> PGD:
     """The reference's training and test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT ``--att_eot_num`` (bf16
-    where the caller autocasts: ``--use_amp``)."""
+    where the caller autocasts: ``--use_amp``); in eval mode, or in train mode for PGD-AT as its official code."""
     return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch)
+               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch,
+               train_mode=train_mode)
+
+
+def weight_perturbation(args, model, device):
+    """AWP for ``--loss`` on ``model``: the objective's proxy loss, gamma and warm-up (``--awp_gamma``,
+    ``--awp_warmup`` override them), proxy SGD step ``--awp_lr``, the proxy's passes corrected unless
+    ``--gradient_correction`` takes the correction out of the update."""
+    obj = OBJECTIVES[args.loss]
+    loss = functools.partial(obj.awp_loss, **{k.name: getattr(args, k.name) for k in obj.params})
+    return AWP(model, build_classifier(args, device),
+               gamma=obj.awp_gamma if args.awp_gamma is None else args.awp_gamma, proxy_lr=args.awp_lr,
+               eot_iter=args.gra_eot_num, loss_fn=loss,
+               warmup=obj.awp_warmup if args.awp_warmup is None else args.awp_warmup,
+               correct=args.gradient_correction in ("all", "update"))
 
 
 def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=True) -> dict:
@@ -219,10 +233,9 @@ def run_gsem_training(args, method: str, p: Parser, *, awp: bool = False) -> dic
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
         attack = train_attack(args, model)  # the selection attack: always PGD with the corrected gradient
         loss, make_input = objective(args, model)
-        weight_perturbation = (AWP(model, build_classifier(args, device), gamma=args.awp_gamma, proxy_lr=args.awp_lr,
-                                   eot_iter=args.gra_eot_num) if awp else None)
         step = TrainStep(train_model, optimizer, loss, make_input=make_input, eot_iter=args.gra_eot_num,
-                         awp=weight_perturbation, amp=args.use_amp, device=device)
+                         awp=weight_perturbation(args, model, device) if awp else None, amp=args.use_amp,
+                         device=device)
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,
@@ -243,8 +256,12 @@ def script(doc: str, method: str, *, loss: str, awp: bool = False):
         p = Parser(doc)
         add_gsem_train_args(p, loss=loss)
         if awp:
-            p.add_argument("--awp_gamma", type=nonneg_float, default=0.01,
-                           help="AWP perturbation size, relative to ||w||")
+            p.add_argument("--awp_gamma", type=nonneg_float, default=None,
+                           help="AWP perturbation size, relative to ||w|| (default: the objective's official value, "
+                                "0.01; 0.005 for trades)")
+            p.add_argument("--awp_warmup", type=nonneg_int, default=None,
+                           help="first epoch (1-indexed, over all reloads) with AWP (default: the objective's official "
+                                "value, 0; 10 for trades)")
             p.add_argument("--awp_lr", type=positive_float, default=0.01, help="AWP proxy SGD step")
         return p
 

@@ -78,12 +78,31 @@ def with_gradient_correction(loss_fn, enabled: bool):
 
 
 def trades(model, x_in, y, x, *, trades_beta: float = 6.0):
-    """TRADES (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades_loss``): CE on the clean batch plus ``trades_beta`` times
-    KL(f(x) || f(x_in)) averaged over the batch, ``x_in`` from TRADES' KL attack (``attacks.trades``); the training
-    accuracy is counted on the clean logits."""
-    logits = model(x)
-    kl = F.kl_div(F.log_softmax(model(x_in), dim=1), F.softmax(logits, dim=1), reduction="sum") / y.shape[0]
-    return F.cross_entropy(logits, y) + trades_beta * kl, logits, {"kl": kl}
+    """TRADES (Zhang et al., ICML 2019): CE on the clean batch plus ``trades_beta`` times KL(f(x) || f(x_in)) averaged
+    over the batch, ``x_in`` from TRADES' KL attack (``attacks.trades``). Three forwards in the official order
+    (yaodongyu/TRADES ``trades_loss``): the clean batch for the CE, the adversarial batch, the clean batch again for
+    the KL target (three BatchNorm updates in train mode; gradients through all three). The training accuracy is
+    counted on the adversarial logits (as the official TRADES-AWP logs it)."""
+    loss_natural = F.cross_entropy(model(x), y)
+    logits_adv = model(x_in)
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(model(x), dim=1), reduction="batchmean")
+    return loss_natural + trades_beta * kl, logits_adv, {"kl": kl}
+
+
+def awp_adversarial_ce(model, x_in, y, x, **_):
+    """The AWP proxy's objective of AT-AWP (csdongxian/AWP ``AdvWeightPerturb``) and GSeM's AWP: -CE on the
+    adversarial batch (maximised by the proxy step)."""
+    logits = model(x_in)
+    return -F.cross_entropy(logits, y), logits, {}
+
+
+def awp_trades(model, x_in, y, x, *, trades_beta: float = 6.0, **_):
+    """The AWP proxy's objective of TRADES-AWP (csdongxian/AWP ``TradesAWP.calc_awp``): -(CE(f(x)) + beta
+    KL(f(x) || f(x_in))), forwards in the official order (clean, adversarial, clean)."""
+    loss_natural = F.cross_entropy(model(x), y)
+    logits_adv = model(x_in)
+    kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(model(x), dim=1), reduction="batchmean")
+    return -(loss_natural + trades_beta * kl), logits_adv, {}
 
 
 def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0.0, rs_sigma: float = 0.01,
@@ -118,16 +137,21 @@ class Objective:
     loss: Callable
     policy: str  # clean, adversarial (the whole batch attacked) or half (the even-indexed half)
     attack: str  # the training attack: pgd or trades
-    params: tuple  # Knobs, passed to the loss under their names
+    params: tuple  # Knobs, passed to the loss (and the AWP proxy's loss) under their names
     summary: str = ""
+    attack_train_mode: bool = False  # the training attack in train mode (BatchNorm batch statistics), as PGD-AT's code
+    awp_loss: Callable = awp_adversarial_ce  # the AWP proxy's objective, and the official AWP size and warm-up
+    awp_gamma: float = 0.01
+    awp_warmup: int = 0  # AWP from this epoch on (1-indexed; 0 = from the start)
 
 
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd", summary: str = ""):
+def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd", summary: str = "", **official):
     """Decorator: register ``loss_fn`` as the objective ``name`` of ``--loss`` with its input policy, training attack
-    and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob)."""
+    and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob);
+    ``official`` sets :class:`Objective`'s ``attack_train_mode``, ``awp_loss``, ``awp_gamma``, ``awp_warmup``."""
     if policy not in ("clean", "adversarial", "half") or attack not in ("pgd", "trades"):
         raise ValueError(f"objective {name!r}: policy must be clean/adversarial/half and attack pgd/trades")
 
@@ -139,7 +163,7 @@ def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd
         if clash:
             raise ValueError(f"objective {name!r}: {', '.join(clash)} declared differently by another objective")
         text = summary or (loss_fn.__doc__ or "").strip().split("\n")[0]
-        OBJECTIVES[name] = Objective(name, loss_fn, policy, attack, tuple(params), text)
+        OBJECTIVES[name] = Objective(name, loss_fn, policy, attack, tuple(params), text, **official)
         return loss_fn
 
     return deco
@@ -152,10 +176,11 @@ def objective_params() -> list[Knob]:
 
 register_objective("mixed", policy="half", summary="even half of the batch adversarial (PGD), cross-entropy: GSeM's "
                    "adversarial training")(cross_entropy)
-register_objective("pgd_at", policy="adversarial", summary="whole batch adversarial (PGD), cross-entropy: Madry et "
-                   "al.'s adversarial training")(cross_entropy)
+register_objective("pgd_at", policy="adversarial", attack_train_mode=True,
+                   summary="whole batch adversarial (PGD in train mode, as locuslab/robust_overfitting), "
+                           "cross-entropy: Madry et al.'s adversarial training")(cross_entropy)
 register_objective("trades", Knob("trades_beta", nonneg_float, 6.0, "weight of TRADES' KL term"),
-                   policy="adversarial", attack="trades",
+                   policy="adversarial", attack="trades", awp_loss=awp_trades, awp_gamma=0.005, awp_warmup=10,
                    summary="TRADES: clean CE + beta KL to the prediction on TRADES' KL attack")(trades)
 register_objective("mart", Knob("mart_beta", nonneg_float, 5.0, "weight of MART's robust KL term"),
                    Knob("correct_adv_forward", bool, False, "also correct the gradient of MART's adversarial forward "

@@ -82,10 +82,12 @@ class TrainStep:
         loss_fn: ``loss_fn(model, x_in, y, x) -> (loss, logits, terms)`` (see the module docstring).
         make_input: input policy ``(x, y) -> x_in``; ``None`` trains on the clean batch.
         eot_iter: noisy forward/backward passes per update (GSeM's ``--gra_eot_num``), gradients averaged.
-        awp: an object with ``calc(x_in, y)``, ``perturb(diff)`` and ``restore(state)`` (``utils.awp.AWP``), or None.
+        awp: an object with ``active(epoch)``, ``calc(x_in, y, x)``, ``perturb(diff)`` and ``restore(state)``
+            (``utils.awp.AWP``), or None.
         amp: bf16 autocast where the device has it natively (input, AWP and passes; the optimizer step in fp32).
         device: the device of the batches.
     Calling it with a batch returns ``(mean loss, logits of the last pass, mean terms)``, all detached.
+    ``epoch`` (1-indexed over the whole run) is set by :func:`fit`; AWP's warm-up reads it.
     """
 
     def __init__(self, model, optimizer, loss_fn, *, make_input=None, eot_iter: int = 1, awp=None, amp=False,
@@ -95,12 +97,14 @@ class TrainStep:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.make_input, self.eot_iter, self.awp, self.amp = make_input, int(eot_iter), awp, amp
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.epoch = 1
 
     def __call__(self, x, y):
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.amp):
             x_in = self.make_input(x, y) if self.make_input is not None else x
-            perturbed = self.awp.perturb(self.awp.calc(x_in, y)) if self.awp is not None else None
+            awp = self.awp is not None and self.awp.active(self.epoch)
+            perturbed = self.awp.perturb(self.awp.calc(x_in, y, x)) if awp else None
             loss, logits, terms = eot_backward(lambda: self.loss_fn(self.model, x_in, y, x), self.eot_iter,
                                                self.model)
         self.optimizer.step()
@@ -189,6 +193,7 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         if hasattr(sampler, "set_epoch"):  # DistributedSampler: a new order for every epoch of the run
             sampler.set_epoch(len(checkpointer.history))
         lr = step.optimizer.param_groups[0]["lr"]
+        step.epoch = len(checkpointer.history) + 1  # over the whole run (a method's outer schedule included)
         try:
             stats = train_one_epoch(step, train_loader, bar=bar, desc=f"epoch {epoch + 1}/{epochs}", epoch=epoch + 1)
         except Diverged as e:

@@ -110,7 +110,7 @@ def main(args):
         if row is None:
             say(f"Clean: {100 * record['clean']['acc']:.2f}%")
             return
-        cw = " (unbounded L2, 500 steps)" if name == "CW100" else ""
+        cw = f" (unbounded L2, {row['attack_settings'].get('steps')} steps)" if name == "CW100" else ""
         spread = (f"  [mean {100 * row['mean']:.2f} ± {100 * row['std']:.2f} over {len(row['accs'])} draws]"
                   if len(row["accs"]) > 1 else "")
         say(f"{row['label']}: {100 * row['acc']:.2f}%{cw}{spread}  ({100 * row['acc_on_clean_correct']:.2f}% of the "

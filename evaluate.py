@@ -24,7 +24,7 @@ from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              run_attacks, test_loader)
+                              masking_checks, run_attacks, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import start_run
 
@@ -51,13 +51,17 @@ def table(record) -> list[str]:
     lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
              f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images", "",
              "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
-             "| settings |", "|---|---|---|---|---|"]
+             "| accuracy (%) at T-norm budgets, px (minimum-deformation attacks) | settings |",
+             "|---|---|---|---|---|---|"]
     for label, r in record["rows"].items():
-        tn = r.get("deformation", {}).get("tnorm_px", {})
+        deform = r.get("deformation", {})
+        tn = deform.get("tnorm_px", {})
         tn = f"{tn['mean']:.3f} / {tn['median']:.3f}" if tn.get("mean") is not None else "–"
+        at = ", ".join(f"{b}: {100 * a:.1f}" for b, a in deform.get("acc_at_budget_px", {}).items()) or "–"
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['success_rate']:.1f} ({r['n_success']} / "
-                     f"{r['n_clean_correct']}) | {tn} | {sets} |")
+                     f"{r['n_clean_correct']}) | {tn} | {at} | {sets} |")
+    lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]] if record.get("warnings") else []
     return lines
 
 
@@ -104,9 +108,12 @@ def main(args):
             f"{row['n_success']} of {row['n_clean_correct']} correctly classified points fooled{note})")
 
     size = loader.dataset[0][0].shape[-1]
-    run_attacks(model, loader, device, args, n=n, n_total=n_total, n_classes=n_classes, image_size=size,
-                results=results, table=table, say=say, line=line,
-                on_clean=lambda acc: say(f"val   - acc: {acc:.4f}"))
+    rows, _ = run_attacks(model, loader, device, args, n=n, n_total=n_total, n_classes=n_classes, image_size=size,
+                          results=results, table=table, say=say, line=line,
+                          on_clean=lambda acc: say(f"val   - acc: {acc:.4f}"))
+    record["checks"], record["warnings"] = masking_checks(rows)
+    for w in record["warnings"]:
+        say(f"warning: {w}")
     md = results.write(table)
     say(f"wrote {results.path} and {md}")
     return record

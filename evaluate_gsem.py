@@ -24,7 +24,7 @@ from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit
 from utils.datasets import num_channels, num_classes
 from utils.errors import cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              run_attacks, sanity_checks, test_loader)
+                              masking_checks, run_attacks, sanity_checks, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import start_run
 
@@ -126,12 +126,14 @@ def main(args):
             robust &= torch.tensor([c == "1" for c in rows[name]["robust_flags"]])
         record["worst_case"] = {"attacks": names, "acc": int(robust.sum()) / n}
         say(f"Worst case: {100 * record['worst_case']['acc']:.2f}%")
+    record["checks"], record["warnings"] = masking_checks(rows)
     if args.sanity_checks:
         cfg = AttackConfig.from_args(args, seed=args.seed, n_classes=n_classes, image_size=size)
-        record["sanity"], record["warnings"] = sanity_checks(model, loader, device, cfg, amp=args.amp, rows=rows,
-                                                             attacks=attacks, n=n, bar=args.bar)
-        for w in record["warnings"]:
-            say(f"warning: {w}")
+        record["sanity"], more = sanity_checks(model, loader, device, cfg, amp=args.amp, rows=rows, attacks=attacks,
+                                               n=n, bar=args.bar)
+        record["warnings"] += more
+    for w in record["warnings"]:
+        say(f"warning: {w}")
     say(f"wrote {results.path} and {results.write(table)}")
     return record
 

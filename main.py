@@ -8,6 +8,7 @@ gradient regularization), --adv_train flow (adversarial deformation training, al
 """
 from __future__ import annotations
 
+import copy
 import functools
 import os
 
@@ -15,7 +16,7 @@ import torch
 
 from attacks import FlowAttack
 from models import build_model
-from utils.checkpoint import Checkpointer
+from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
 from utils.argtypes import nonneg_float, positive_float, positive_int
 from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
 from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
@@ -23,6 +24,7 @@ from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
 from utils.losses import gradient_regularized
+from utils.regularizers import penalty_ratio
 from utils.runtime import prepare_training_model, start_run
 from utils.training import TrainStep, fit
 
@@ -45,6 +47,13 @@ def parser() -> Parser:
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
     add_bool(p, "amp", False, "bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); the "
                               "reference trains in fp32")
+    p.add_argument("--igr_match_fgr", type=nonneg_float, default=0.0,
+                   help="with --reg igr: set lambda so that the IGR penalty weighs what FGR's does at this lambda (the "
+                        "ratio of the two penalties, measured on the first 8 training batches, is printed and recorded "
+                        "as igr_ratio); 0 = lambda from --fgr_lamb")
+    p.add_argument("--igr_match_on", type=str, default="",
+                   help="checkpoint whose model the ratio is measured on (e.g. the FGR run to compare with: the ratio "
+                        "grows as a model learns, about 2 at initialisation); default: this model at initialisation")
     add_run_args(p)
     add_bool(p, "resume", False, "continue an interrupted run from <name>.last.pt", result=False)
     add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)",
@@ -58,6 +67,31 @@ def parser() -> Parser:
 
 def get_args(argv=None):
     return parser().parse_args(argv)
+
+
+MATCH_BATCHES = 8
+
+
+def match_igr_to_fgr(args, model, loader, gen, device, say) -> None:
+    """``--igr_match_fgr L``: lambda = L x (mean R_FGR / mean R_IGR) on the first training batches at
+    initialisation, rounded to 4 significant digits; the ratio goes into ``args.igr_ratio`` (recorded with the run).
+    The random streams of the training run are left as they were."""
+    if args.reg != "igr":
+        raise UserError("--igr_match_fgr sets the IGR lambda: use it with --reg igr")
+    measured = model
+    if args.igr_match_on:
+        measured = copy.deepcopy(model)
+        load_model_state(measured, load_checkpoint(args.igr_match_on, map_location=device)["model"],
+                         args.igr_match_on, args.model_name)
+    state = gen.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        batches = [(x.to(device), y.to(device)) for _, (x, y) in zip(range(MATCH_BATCHES), loader)]
+        ratio = penalty_ratio(measured, batches, rs_sigma=args.rs_sigma, sampler=args.sampler)
+    gen.set_state(state)
+    args.igr_ratio, args.fgr_lamb = ratio, float(f"{args.igr_match_fgr * ratio:.4g}")
+    where = args.igr_match_on or "this model at initialisation"
+    say(f"IGR matched to FGR lambda {args.igr_match_fgr:g}: R_FGR / R_IGR = {ratio:.4g} on {len(batches)} training "
+        f"batches ({where}), so lambda = {args.fgr_lamb:g}")
 
 
 @cli_entry(on_interrupt=RESUME_HINT)
@@ -86,6 +120,8 @@ def main(args):
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
+    if args.igr_match_fgr > 0:
+        match_igr_to_fgr(args, model, train_loader, gen, device, say)
     loss_fn = functools.partial(gradient_regularized, reg=args.reg, lamb=args.fgr_lamb, rs_sigma=args.rs_sigma,
                                 sampler=args.sampler)
     attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None

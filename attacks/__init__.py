@@ -12,6 +12,7 @@ from .flow import FlowAttack  # noqa: E402  (registration order: the FGR attacks
 from .stadv import StAdv  # noqa: E402
 from .adef import ADef  # noqa: E402
 from .pgd import PGD  # noqa: E402
+from . import flow_search, spatial  # noqa: E402,F401  (the gradient-free deformation attacks)
 from . import cw, autoattack_lib  # noqa: E402,F401
 
 for _module in pkgutil.iter_modules(__path__):  # any other file of the package: a new attack registers itself

@@ -123,7 +123,7 @@ def apgd500(model, cfg):
                 eot_iter=eot_passes(model, cfg.eot_iter), seed=cfg.seed)
 
 
-@register_attack("AA", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("AA", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), label="AA-10it")
 def autoattack_reference(model, cfg):
     """AA as the GSeM reference ran it (10 iterations per stage, not AutoAttack's 100): APGD-CE -> APGD-T -> FAB-T ->
     Square (5000 queries, rescaled schedule), EOT, each stage on the points still robust."""

@@ -20,28 +20,48 @@ import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from utils.argtypes import Knob, eps_255, positive_float, positive_int
 from utils.flow import flow_norms_pixels
 
 
 @dataclass(frozen=True)
 class Budget:
-    """The knob that bounds an attack's perturbation and how it is measured: ``linf`` (largest change of a pixel
-    value, [0, 1] units), ``flow_linf`` (largest flow component, normalised align_corners=True units), ``tnorm_px``
-    (largest displacement length of the flow, pixels). A budget of None means unbounded."""
-    knob: str
+    """The knob(s) that bound an attack's perturbation and how the bound is measured:
+
+    - ``linf``: largest change of a pixel value ([0, 1] units);
+    - ``flow_linf``: largest flow component (normalised align_corners=True units);
+    - ``tnorm_px``: largest displacement length of the flow (pixels; None = unbounded);
+    - ``rotation_translation``: two knobs, the largest rotation (degrees) and translation (pixels) of a rigid
+      transform (the attack keeps each example's ``(angle, tx, ty)`` in ``last_params``).
+
+    A budget knob takes several values on the command line (``--flow_eps 0.005 0.01``): one row per value."""
+    knob: str | tuple
     measure: str
 
-    def size(self, x, x_adv, attack):
-        """Per-example size of the perturbation in this budget's measure."""
+    @property
+    def knobs(self) -> tuple:
+        return (self.knob,) if isinstance(self.knob, str) else tuple(self.knob)
+
+    def respected(self, x, x_adv, attack, values, tol: float = 1e-4) -> torch.Tensor:
+        """Per example: is the perturbation within the budget ``values`` (one per knob, the attack's units)?"""
+        if self.measure == "rotation_translation":
+            rot, trans = values
+            p = attack.last_params
+            return (p[:, 0].abs() <= rot + tol) & (p[:, 1:].abs().max(1)[0] <= trans + tol)
+        (value,) = values
+        if value is None:
+            return torch.ones(x.shape[0], dtype=torch.bool)
         if self.measure == "linf":
-            return (x_adv - x).abs().flatten(1).max(1)[0]
-        norms = flow_norms_pixels(attack.last_flow)
-        if self.measure == "tnorm_px":
-            return norms["tnorm"]
-        if self.measure == "flow_linf":
-            return attack.last_flow.abs().flatten(1).max(1)[0]
-        raise ValueError(f"unknown budget measure {self.measure!r}")
+            size = (x_adv - x).abs().flatten(1).max(1)[0]
+        elif self.measure == "tnorm_px":
+            size = flow_norms_pixels(attack.last_flow)["tnorm"]
+        elif self.measure == "flow_linf":
+            size = attack.last_flow.abs().flatten(1).max(1)[0]
+        else:
+            raise ValueError(f"unknown budget measure {self.measure!r}")
+        return size <= value * (1 + tol) + 1e-6
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class AttackSpec:
     knobs: tuple
     budget: Budget | None = None
     summary: str = field(default="", compare=False)
+    label: str = ""  # the rows' label stem (default: the name)
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -64,9 +85,10 @@ STEPS_SCALE = Knob("steps_scale", positive_float, 1.0, "every attack's iteration
                    "(at least 1 each); any value but 1 is in the row's label")
 
 
-def register_attack(name: str, *knobs: Knob, budget: Budget | None = None):
+def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label: str = ""):
     """Decorator: register ``factory(model, cfg) -> attack`` under ``name`` with the knobs it reads from ``cfg``
-    (an :class:`AttackConfig`) and its budget. A knob name declared by two attacks must be the same knob."""
+    (an :class:`AttackConfig`) and its budget. A knob name declared by two attacks must be the same knob.
+    ``label``: what its result rows are called when the name alone would mislead (default: the name)."""
 
     def deco(factory):
         if name in ATTACKS:
@@ -74,12 +96,12 @@ def register_attack(name: str, *knobs: Knob, budget: Budget | None = None):
         for k in knobs:
             if _KNOBS.get(k.name, k) != k:
                 raise ValueError(f"knob {k.name!r} of attack {name!r} differs from its earlier declaration")
-        if budget is not None and budget.knob not in {k.name for k in knobs}:
-            raise ValueError(f"attack {name!r}: budget knob {budget.knob!r} is not one of its knobs")
+        if budget is not None and not set(budget.knobs) <= {k.name for k in knobs}:
+            raise ValueError(f"attack {name!r}: budget knob(s) {budget.knobs} not among its knobs")
         for k in knobs:
             _KNOBS.setdefault(k.name, k)
         summary = (factory.__doc__ or "").strip().split("\n")[0]
-        ATTACKS[name] = AttackSpec(name, factory, tuple(knobs), budget, summary)
+        ATTACKS[name] = AttackSpec(name, factory, tuple(knobs), budget, summary, label or name)
         return factory
 
     return deco
@@ -127,8 +149,9 @@ class AttackConfig(argparse.Namespace):
 
     @classmethod
     def from_args(cls, args, **context) -> "AttackConfig":
-        """From flags parsed with :func:`add_attack_args` (flag units converted once), plus ``context``."""
-        return cls(**{k.name: k.to_value(getattr(args, k.name)) for k in all_knobs() if hasattr(args, k.name)},
+        """From flags parsed with :func:`add_attack_args` (flag units converted once), plus ``context``; a budget
+        knob given several values takes the first (:func:`sweep` expands them)."""
+        return cls(**{k.name: k.to_value(_first(getattr(args, k.name))) for k in all_knobs() if hasattr(args, k.name)},
                    **{k: getattr(args, k) for k in ("batched_eot", "eot_batch") if hasattr(args, k)}, **context)
 
     def replace(self, **changes) -> "AttackConfig":
@@ -138,6 +161,26 @@ class AttackConfig(argparse.Namespace):
                 raise TypeError(f"AttackConfig has no setting {k}")
             setattr(new, k, v)
         return new
+
+
+def _first(value):
+    return value[0] if isinstance(value, list) else value
+
+
+def budget_knobs() -> set:
+    """The knobs that bound some attack: they take one or more values on the command line."""
+    return {k for spec in ATTACKS.values() if spec.budget is not None for k in spec.budget.knobs}
+
+
+def sweep(name: str, args, cfg: AttackConfig) -> list:
+    """One configuration per combination of the values given to attack ``name``'s budget knobs (a knob given once:
+    one configuration, ``cfg`` itself)."""
+    configs = [cfg]
+    for k in ATTACKS[name].knobs:
+        values = getattr(args, k.name, None)
+        if isinstance(values, list) and len(values) > 1:
+            configs = [c.replace(**{k.name: k.to_value(v)}) for c in configs for v in values]
+    return configs
 
 
 def knob_values(name: str, cfg: AttackConfig) -> dict:
@@ -156,7 +199,7 @@ def attack_label(name: str, cfg: AttackConfig, extra: dict | None = None) -> str
     defaults = {k.name: k.default for k in ATTACKS[name].knobs}
     diff = {k: v for k, v in knob_values(name, cfg).items() if v != defaults[k]}
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in {**diff, **(extra or {})}.items()]
-    return name + (f" [{', '.join(parts)}]" if parts else "")
+    return ATTACKS[name].label + (f" [{', '.join(parts)}]" if parts else "")
 
 
 def build_attack(name: str, model, cfg: AttackConfig | None = None):
@@ -180,6 +223,8 @@ def add_attack_args(parser) -> None:
     for spec in ATTACKS.values():
         for k in spec.knobs:
             users.setdefault(k.name, []).append(spec.name)
-    group = parser.add_argument_group("attack settings (each read by the attacks named)")
+    group = parser.add_argument_group("attack settings (each read by the attacks named; a budget takes several "
+                                      "values, one row each)")
+    budgets = budget_knobs()
     for k in all_knobs():
-        k.add_to(group, f" ({', '.join(users[k.name])})")
+        k.add_to(group, f" ({', '.join(users[k.name])})", several=k.name in budgets)

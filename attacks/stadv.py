@@ -1,4 +1,13 @@
-"""stAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018), batched, per example.
+"""stAdv: spatially transformed adversarial examples (Xiao et al., ICLR 2018), in two recipes:
+
+- ``stadv`` (:class:`StAdv`, ours, below): per example, Adam and a search over tau; a minimum-deformation attack that
+  does not give up;
+- ``stadv-ref`` (:class:`StAdvReference`): the recipe of the stAdv paper's released code (rakutentech/stAdv): a
+  fixed tau = 0.05, the whole batch's loss minimised jointly by SciPy's L-BFGS-B to convergence (factr 10, m 20)
+  from a zero flow, its smoothness term (per diagonal direction, the root of the image's summed squared flow
+  differences) and its warp (coordinates clipped to the image). The one comparable with papers that ran stAdv.
+
+The rest of this docstring is about ``stadv``.
 
 Minimises, over a per-pixel flow f in **pixels** (B x 2 x H x W, channel 0 horizontal),
     L_adv(x, f) + tau * L_flow(f)
@@ -23,7 +32,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy.optimize import fmin_l_bfgs_b
 
 from utils.argtypes import nonneg_float, positive_float, positive_int
 from utils.flow import pixel_flow_to_normalized, warp
@@ -126,6 +138,63 @@ class StAdv(Attack):
             success = torch.isfinite(best_smooth) & self._fooled(self.model(x_def), y)
         self.last_flow = pixel_flow_to_normalized(best_f) * success.view(-1, 1, 1, 1)
         self.last_success = success
+        self.last_stats = {"smoothness": torch.where(success, flow_smoothness(best_f), torch.zeros_like(best_smooth))}
+        return torch.where(success.view(-1, 1, 1, 1), x_def, x)
+
+
+def diagonal_smoothness(f: torch.Tensor) -> torch.Tensor:
+    """The released stAdv code's L_flow of a B x 2 x H x W pixel flow: the flow padded by one pixel at the edges
+    (symmetric padding, which for one pixel repeats the edge), and for each of the 4 diagonal neighbours q the root of
+    the image's sum of ||f(p) - f(q)||^2 (+ 1e-8, so that the zero flow has a gradient); the four summed. Per
+    example."""
+    padded = F.pad(f, (1, 1, 1, 1), mode="replicate")
+    h, w = f.shape[-2:]
+    total = 0
+    for dy, dx in ((2, 2), (2, 0), (0, 2), (0, 0)):
+        shifted = padded[..., dy:dy + h, dx:dx + w]
+        total = total + ((f - shifted).pow(2).flatten(1).sum(1) + 1e-8).sqrt()
+    return total
+
+
+class StAdvReference(Attack):
+    """The stAdv paper's released recipe (rakutentech/stAdv), untargeted: minimise, over the whole batch's flows
+    jointly, sum_b [max(Z_y - max_{i != y} Z_i, -kappa) + tau * L_flow] (:func:`diagonal_smoothness`) with SciPy's
+    L-BFGS-B (factr 10, m 20, at most ``max_iter`` iterations and evaluations) from a zero flow; an example the final
+    flow does not fool comes back unchanged.
+
+    Args: tau (0.05, the paper's), max_iter (SciPy's default 15000), kappa (0)."""
+
+    produces_flow = True
+
+    def __init__(self, model, tau=0.05, max_iter=15000, kappa=0.0):
+        super().__init__(model)
+        self.tau, self.max_iter, self.kappa = tau, int(max_iter), kappa
+        self.last_flow = self.last_success = None
+
+    def _warp(self, x, f):
+        return warp(x, pixel_flow_to_normalized(f), padding_mode="border")
+
+    def perturb(self, x, y):
+        shape = (x.shape[0], 2, *x.shape[-2:])
+
+        def loss_and_grad(v):
+            f = torch.tensor(v, dtype=x.dtype, device=x.device).view(shape).requires_grad_(True)
+            loss = (margin_loss(self.model(self._warp(x, f)), y, self.kappa)
+                    + self.tau * diagonal_smoothness(f)).sum()
+            (g,) = torch.autograd.grad(loss, f)
+            if not torch.isfinite(loss) or not torch.isfinite(g).all():
+                raise FloatingPointError("stadv-ref: the loss or its gradient is not finite")
+            return loss.item(), g.detach().double().cpu().numpy().ravel()
+
+        v, _, _ = fmin_l_bfgs_b(loss_and_grad, np.zeros(int(np.prod(shape))), factr=10.0, m=20,
+                                maxiter=self.max_iter, maxfun=self.max_iter)
+        f = torch.tensor(v, dtype=x.dtype, device=x.device).view(shape)
+        with torch.no_grad():
+            x_def = self._warp(x, f).clamp(0, 1)
+            success = self.model(x_def).argmax(1) != y
+        self.last_flow = pixel_flow_to_normalized(f) * success.view(-1, 1, 1, 1)
+        self.last_success = success
+        self.last_stats = {"smoothness": diagonal_smoothness(f) * success}
         return torch.where(success.view(-1, 1, 1, 1), x_def, x)
 
 
@@ -141,6 +210,15 @@ STADV_KNOBS = (
 
 @register_attack("stadv", *STADV_KNOBS, STEPS_SCALE)
 def stadv(model, cfg):
-    """stAdv (Xiao et al. 2018), untargeted, per example: Adam, a C&W-style search over tau; minimum deformation."""
+    """stAdv (Xiao et al. 2018), ours: untargeted, per example, Adam and a C&W-style search over tau."""
     return StAdv(model, tau=cfg.stadv_tau, steps=scaled(cfg.stadv_steps, cfg.steps_scale),
                  search_steps=cfg.stadv_search_steps, lr=cfg.stadv_lr, init_std=cfg.stadv_init_std)
+
+
+@register_attack("stadv-ref", Knob("stadv_ref_tau", nonneg_float, 0.05, "smoothness weight of the released stAdv "
+                                   "recipe (fixed)"),
+                 Knob("stadv_ref_max_iter", positive_int, 15000, "L-BFGS-B iterations and evaluations at most (SciPy's "
+                      "default: to convergence)"), STEPS_SCALE)
+def stadv_reference(model, cfg):
+    """stAdv as its paper's released code runs it: fixed tau 0.05, joint L-BFGS-B from a zero flow, untargeted."""
+    return StAdvReference(model, tau=cfg.stadv_ref_tau, max_iter=scaled(cfg.stadv_ref_max_iter, cfg.steps_scale))

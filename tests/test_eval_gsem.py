@@ -136,11 +136,11 @@ def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem
         cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *everything, "--repeat", "2", "--worst_case")))
     out = capsys.readouterr().out
     assert "\nClean: " in out
-    for name in ("PGD500", "CW100", "APGD500", "AA"):
+    for name in ("PGD500", "CW100", "APGD500", "AA-10it"):  # the reduced AutoAttack says what it is
         assert f"\n{name} [eot_iter=1, steps_scale=0.002, n=6, repeat=2]: " in out  # a shrunk attack says so
     assert (record["alpha"], record["beta"]) == (5, 3)  # taken from the checkpoint
     rows = {r["attack"]: r for r in record["rows"].values()}
-    assert set(rows) == set(list_attacks()) and "sanity" in record
+    assert set(rows) == set(list_attacks()) and "sanity" in record and "checks" in record
     assert len(rows["PGD500"]["accs"]) == 2 and rows["APGD500"]["attack_settings"]["seed"] == 0  # draw 0's settings
     assert rows["PGD500"]["seeds"] == [0, 1]
     assert all(0 <= r["acc"] <= 1 and 0 <= r["acc_on_clean_correct"] <= 1 for r in rows.values())  # fractions

@@ -42,15 +42,24 @@ class Knob:
             return flag_value
         return flag_value * self.scale
 
-    def add_to(self, parser, help_suffix: str = "") -> None:
-        """Add this knob's flag to ``parser`` (an ``argparse`` parser or group)."""
+    def add_to(self, parser, help_suffix: str = "", several: bool = False) -> None:
+        """Add this knob's flag to ``parser`` (an ``argparse`` parser or group); ``several``: it takes one or more
+        values (a list when more than one is given)."""
         text = f"{self.help}{f' [{self.unit}]' if self.unit else ''}{help_suffix}"
         if self.type is bool:
             parser.add_argument(*self.option_strings, dest=self.name, action=argparse.BooleanOptionalAction,
                                 default=self.default, help=text)
         else:
             parser.add_argument(*self.option_strings, dest=self.name, type=self.type, default=self.default, help=text,
-                                **({"choices": self.choices} if self.choices else {}))
+                                **({"choices": self.choices} if self.choices else {}),
+                                **({"nargs": "+", "action": _OneOrMore} if several else {}))
+
+
+class _OneOrMore(argparse.Action):
+    """``nargs="+"`` that stores a single value as itself and several as a list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values[0] if len(values) == 1 else list(values))
 
 
 def _number(text: str, kind=float) -> float:

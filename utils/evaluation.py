@@ -23,8 +23,9 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from attacks import AttackConfig, add_attack_args, attack_label, build_attack, list_attacks
+from attacks import ATTACKS, AttackConfig, add_attack_args, attack_label, build_attack, list_attacks
 from attacks.multi import MultiAttack
+from attacks.registry import sweep
 from models import build_from_spec, build_model
 
 from . import distributed as dist
@@ -40,7 +41,10 @@ from .precision import autocast
 from .runtime import fast_path, seed_everything
 
 BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
-ROW_FORMAT = 2  # version of the result files' layout (1: the per-script layouts before the shared pipeline)
+# deformation budgets (T-norm: the largest displacement length, px) at which the minimum-deformation attacks' rows
+# report robust accuracy: from a fifth of a pixel, where the authors' flow attack sits (0.155 px per coordinate), to
+# 3 px, where undefended 32 x 32 classifiers are fooled almost everywhere
+DEFAULT_BUDGETS_PX = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
 
 
 def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval", return_flags=False,
@@ -159,6 +163,9 @@ def add_eval_args(p, *, attacks: list[str], batch_size: int) -> None:
     p.add_argument("--eot_batch", type=positive_int, default=None,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     add_bool(p, "resume", False, "skip attacks already in the result file for this checkpoint and these settings")
+    p.add_argument("--budgets", type=float, nargs="+", default=DEFAULT_BUDGETS_PX,
+                   help="deformation budgets (T-norm, px) at which the rows of minimum-deformation attacks report "
+                        "robust accuracy")
     add_attack_args(p)
 
 
@@ -170,23 +177,21 @@ def check_attack_names(p: argparse.ArgumentParser, args) -> None:
 
 def attack_pass(model, loader, device, attack, *, amp=False, bar=True, desc="attack") -> dict:
     """One pass of ``attack`` over ``loader``: per-example correctness after the attack (``flags``, bool, CPU) and,
-    for a deformation attack (``attack.produces_flow``), each example's ``tnorm`` and ``mean`` displacement (px)."""
-    norms = {"tnorm": [], "mean": []}
+    for a deformation attack (``attack.produces_flow``), each example's ``tnorm`` and ``mean`` displacement (px) and
+    whatever else it measures per example (``attack.last_stats``, e.g. stAdv's smoothness)."""
+    stats: dict[str, list] = {}
 
     def run(x, y):
         x_adv = attack(x, y)
         if getattr(attack, "produces_flow", False):
-            for k, v in flow_norms_pixels(attack.last_flow).items():
-                if k in norms:
-                    norms[k].append(v.float().cpu())
+            norms = flow_norms_pixels(attack.last_flow)
+            for k, v in {"tnorm": norms["tnorm"], "mean": norms["mean"], **getattr(attack, "last_stats", {})}.items():
+                stats.setdefault(k, []).append(v.detach().float().cpu())
         return x_adv
 
     _, flags = evaluate(model, loader, device, {desc: run}, bar=bar, desc=desc, return_flags=True, amp=amp,
                         clean=False)
-    out = {"flags": flags[desc]}
-    if norms["tnorm"]:
-        out.update({k: dist.all_gather_cat(torch.cat(v)) for k, v in norms.items()})
-    return out
+    return {"flags": flags[desc], **{k: dist.all_gather_cat(torch.cat(v)) for k, v in stats.items()}}
 
 
 def _stats(values: torch.Tensor) -> dict:
@@ -195,8 +200,31 @@ def _stats(values: torch.Tensor) -> dict:
     return {"mean": values.mean().item(), "median": values.median().item()}
 
 
+def deformation_record(draw: dict, clean_flags: torch.Tensor, *, min_norm: bool, budgets) -> dict:
+    """The deformation part of a row: the T-norm and mean displacement of the successful flows (px, mean and median),
+    each example's values (None where the attack did not fool it), and for a minimum-deformation attack the robust
+    accuracy at each budget of ``budgets`` (px): a point counts at budget e if the attack did not fool it or needed a
+    T-norm above e. That is an upper bound on the true robust accuracy at e (an attack finds a deformation, not the
+    smallest one), comparable between models only for the same attack and settings."""
+    flags = draw["flags"]
+    fooled = ~flags
+    success = clean_flags & fooled
+    per = {f"{k}_px" if k in ("tnorm", "mean") else k: [round(float(v), 5) if f else None
+                                                        for v, f in zip(draw[k].tolist(), fooled.tolist())]
+           for k in draw if k != "flags"}
+    out = {"tnorm_px": _stats(draw["tnorm"][success]), "mean_px": _stats(draw["mean"][success]),
+           "per_example": per, "minimum_deformation": min_norm}
+    if min_norm:
+        needed = torch.where(fooled, draw["tnorm"], torch.full_like(draw["tnorm"], float("inf")))
+        out["acc_at_budget_px"] = {f"{b:g}": (needed > b).float().mean().item() for b in budgets}
+        correct = needed[clean_flags]
+        out["median_min_tnorm_px"] = correct.median().item() if correct.numel() else None  # inf: most never fooled
+    return out
+
+
 def make_row(name: str, label: str, draws: list[dict], clean_flags: torch.Tensor, *, settings: dict,
-             attack_settings: dict, seeds: list[int], seconds: float) -> dict:
+             attack_settings: dict, seeds: list[int], seconds: float, min_norm: bool = False,
+             budgets=DEFAULT_BUDGETS_PX) -> dict:
     """The row of one attack from its draws (``attack_pass`` results; draw 0 is the headline)."""
     flags = draws[0]["flags"]
     accs = [d["flags"].float().mean().item() for d in draws]
@@ -209,7 +237,7 @@ def make_row(name: str, label: str, draws: list[dict], clean_flags: torch.Tensor
            "settings": settings, "attack_settings": attack_settings, "seeds": seeds, "seconds": seconds,
            "robust_flags": "".join("1" if f else "0" for f in flags.tolist())}
     if "tnorm" in draws[0]:
-        row["deformation"] = {f"{k}_px": _stats(draws[0][k][success]) for k in ("tnorm", "mean")}
+        row["deformation"] = deformation_record(draws[0], clean_flags, min_norm=min_norm, budgets=budgets)
     return row
 
 
@@ -226,7 +254,8 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
         say: rank-0 print; ``line(name, row_or_clean)`` prints the script's console line of each finished attack
             (``row`` is None for ``Clean``); ``on_clean(acc)`` is called once the clean accuracy is measured.
     Returns:
-        ``(rows, attacks)``: attack name -> row, and -> the attack object of draw 0 (for checks on its stages).
+        ``(rows, attacks)``: label -> row, and -> the attack object of draw 0 (for checks on its stages). A budget
+        knob given several values (``--flow_eps 0.005 0.01``) makes one row per value.
     """
     seed_everything(args.seed)
     clean = evaluate(model, loader, device, bar=args.bar, desc="clean", return_flags=True)[1]["clean"]
@@ -238,32 +267,86 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
     extra = {**({"n": n} if n < n_total else {}), **({"repeat": args.repeat} if args.repeat > 1 else {}),
              **({"seed": args.seed} if stochastic and args.seed != 0 else {}), **({"amp": True} if args.amp else {})}
     rows, objects = {}, {}
+    base = AttackConfig.from_args(args, seed=args.seed, n_classes=n_classes, image_size=image_size)
     for name in args.attacks:
         if name == "Clean":
             line(name, None)
             continue
-        cfg = AttackConfig.from_args(args, seed=args.seed, n_classes=n_classes, image_size=image_size)
-        label = attack_label(name, cfg, extra)
-        if args.resume and label in results.earlier:
-            rows[name] = results.earlier[label]
-            say(f"resume: {label} already done")
-            line(name, rows[name])
-            continue
-        if label in results.earlier:
-            say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
-        draws, seeds, t0 = [], [args.seed + r for r in range(args.repeat)], time.time()
-        for seed in seeds:
-            seed_everything(seed)
-            attack, settings = build_attack(name, model, cfg.replace(seed=seed))
-            draws.append(attack_pass(model, loader, device, attack, amp=args.amp, bar=args.bar, desc=name))
-            if seed == seeds[0]:
-                objects[name], first = attack, (settings, attack.settings())
-        rows[name] = make_row(name, label, draws, clean, settings=first[0], attack_settings=first[1], seeds=seeds,
-                              seconds=time.time() - t0)
-        results.add(label, rows[name])
-        results.write(table)
-        line(name, rows[name])
+        for cfg in sweep(name, args, base):
+            label = attack_label(name, cfg, extra)
+            if args.resume and label in results.earlier:
+                rows[label] = results.earlier[label]
+                say(f"resume: {label} already done")
+                line(name, rows[label])
+                continue
+            if label in results.earlier:
+                say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
+            rows[label], objects[label] = run_one(model, loader, device, args, name, cfg, label, clean)
+            results.add(label, rows[label])
+            results.write(table)
+            line(name, rows[label])
     return rows, objects
+
+
+def run_one(model, loader, device, args, name, cfg, label, clean_flags):
+    """One row: ``args.repeat`` draws of attack ``name`` at ``cfg`` (seeds ``args.seed + r``). Returns the row and
+    the attack object of draw 0."""
+    spec = ATTACKS[name]
+    min_norm = spec.budget is None or any(getattr(cfg, k) is None for k in spec.budget.knobs)
+    draws, seeds, t0 = [], [args.seed + r for r in range(args.repeat)], time.time()
+    for seed in seeds:
+        seed_everything(seed)
+        attack, settings = build_attack(name, model, cfg.replace(seed=seed))
+        draws.append(attack_pass(model, loader, device, attack, amp=args.amp, bar=args.bar, desc=name))
+        if seed == seeds[0]:
+            first = (attack, settings, attack.settings())
+    row = make_row(name, label, draws, clean_flags, settings=first[1], attack_settings=first[2], seeds=seeds,
+                   seconds=time.time() - t0, min_norm=min_norm, budgets=args.budgets)
+    return row, first[0]
+
+
+def masking_checks(rows: dict) -> tuple[dict, list]:
+    """Checks on the rows of one run, without running anything: a stronger attack must not leave more accuracy than
+    a weaker one at the same budget on the same points (beyond two standard errors), else the stronger one's
+    gradients are suspect or it was cut short:
+
+    - AutoAttack (any version) and APGD500 must not be weaker than PGD500 at the same eps;
+    - the gradient-free flow random search must not beat the gradient flow attack at the same flow budget (masked
+      flow gradients);
+    - a minimum-deformation attack's accuracy at a budget must not be below a budgeted attack's at the same
+      budget (same measure; both are upper bounds on the robust accuracy).
+
+    Returns:
+        ``(checks, warnings)``: ``checks`` maps "<stronger> vs <weaker>" to the accuracy difference.
+    """
+    checks, warnings = {}, []
+
+    def compare(strong: str, strong_acc: float, weak: str, weak_acc: float, n: int, why: str):
+        checks[f"{strong} vs {weak}"] = strong_acc - weak_acc
+        if strong_acc - weak_acc > 2 * standard_error(weak_acc, n):
+            warnings.append(f"{strong} leaves {100 * strong_acc:.2f}% where {weak} leaves {100 * weak_acc:.2f}% on "
+                            f"the same points: {why}")
+
+    pairs = [(a, b) for a in rows.values() for b in rows.values() if a is not b and a["n_examples"] == b["n_examples"]]
+    for strong, weak in pairs:
+        kind, n = (strong["attack"], weak["attack"]), strong["n_examples"]
+        if kind[1] == "PGD500" and kind[0] in ("AA", "AA-standard", "AA-rand", "APGD500") \
+                and strong["settings"].get("eps") == weak["settings"].get("eps"):
+            compare(strong["label"], strong["acc"], weak["label"], weak["acc"], n,
+                    f"{strong['attack']} should be at least as strong as PGD500 at the same eps; suspect gradient "
+                    f"masking or a run cut short (see its label)")
+        if kind == ("flow", "flow-rs") and strong["settings"].get("flow_eps") == weak["settings"].get("flow_eps"):
+            compare(strong["label"], strong["acc"], weak["label"], weak["acc"], n,
+                    "a gradient-free attack beats the gradient attack at the same budget; suspect masked flow "
+                    "gradients")
+        cap = strong["settings"].get("adef_max_norm")
+        at = weak.get("deformation", {}).get("acc_at_budget_px", {})
+        if kind == ("adef", "adef") and cap is not None and f"{cap:g}" in at:
+            # ADef capped at e follows the minimum-deformation ADef's path and overshoots up to e: it fools at least
+            # what that one fooled within e
+            compare(strong["label"], strong["acc"], f"{weak['label']} at {cap:g} px", at[f"{cap:g}"], n,
+                    "the capped ADef is weaker than the minimum-deformation ADef within the same T-norm")
+    return checks, warnings
 
 
 def standard_error(acc: float, n: int) -> float:
@@ -278,13 +361,14 @@ def sanity_checks(model, loader, device, cfg: AttackConfig, *, amp=False, rows=N
     gradient-free Square must not fool points that the white-box stages of an AA-style :class:`MultiAttack` missed.
 
     Args:
-        rows: attack name -> row (``acc``) of the attacks already run; ``attacks``: name -> attack object.
+        rows: label -> row (``attack``, ``acc``) of the attacks already run; ``attacks``: label -> attack object.
         n: number of evaluated points (for the standard error).
     Returns:
         ``(checks, warnings)``.
     """
     checks, warnings = {}, []
     rows, attacks = rows or {}, attacks or {}
+    pgd500 = [r for r in rows.values() if r["attack"] == "PGD500"]
     big, _ = build_attack("PGD", model, cfg.replace(eps=1.0, pgd_steps=50, pgd_alpha=0.1))
     few, _ = build_attack("PGD", model, cfg.replace(pgd_steps=10, pgd_alpha=2 / 255))
     acc = evaluate(model, loader, device, {"unbounded": big, "PGD10": few}, bar=bar, desc="sanity", amp=amp)
@@ -293,8 +377,8 @@ def sanity_checks(model, loader, device, cfg: AttackConfig, *, amp=False, rows=N
         warnings.append(f"PGD with eps = 1 (unbounded) leaves {100 * acc['unbounded']:.2f}% accuracy: gradients may "
                         f"be masked or the attack too short")
     checks["pgd10_acc"] = acc["PGD10"]
-    if "PGD500" in rows:
-        longer = rows["PGD500"]["acc"]
+    if pgd500:
+        longer = pgd500[0]["acc"]
         checks["pgd500_minus_pgd10"] = longer - acc["PGD10"]
         if longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n):
             warnings.append(f"PGD500 ({100 * longer:.2f}%) is weaker than PGD10 ({100 * acc['PGD10']:.2f}%): more "

@@ -1,10 +1,14 @@
-"""The FGR paper's figure: clean accuracy against adversarial accuracy, one point per run (lambda), one panel per
-attack. Reads the result JSON files written by ``evaluate.py``.
+"""Figures from the result JSON files written by ``evaluate.py``:
+
+- the FGR paper's figure: clean accuracy against adversarial accuracy, one point per run (lambda), one panel per
+  attack row (FILE.png, FILE.pdf); ``--reference`` adds the authors' CIFAR-10 VGG-11 points (flow attack, eps 0.01,
+  K 100) to the flow panel;
+- robust accuracy against the deformation budget, one curve per run, one panel per attack (FILE_budgets.png and
+  .pdf): for a minimum-deformation attack (stAdv, ADef without a cap) the accuracy at each T-norm budget of its row,
+  for a budgeted attack run at several budgets (``--flow_eps 0.005 0.01 0.02``) one point per row. These rank
+  defences where the minimum-deformation attacks' plain accuracy is 0 for every model.
 
     python -m utils.plots --result_path results --out figures/cifar10_vgg11.png
-
-Writes FILE.png and FILE.pdf. ``--reference`` adds the authors' CIFAR-10 VGG-11 points (flow attack, eps 0.01,
-K 100) to the flow panel for comparison.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import glob
 import json
 import os
 import sys
+
+from attacks import ATTACKS
 
 from .tables import PUBLISHED, run_of
 
@@ -86,6 +92,62 @@ def plot(records: list[dict], out: str, reference: bool = False) -> list[str]:
     return paths
 
 
+def budget_curves(records: list[dict]) -> dict:
+    """``{panel: {run label: [(budget, accuracy %), ...]}}``: a panel per minimum-deformation row label (x: T-norm
+    budget, px) and per budgeted attack with rows at several values of its budget knob (x: the knob, flag units)."""
+    panels: dict = {}
+    for rec in records:
+        run = label_of(rec)
+        for label, row in rec["attacks"].items():
+            at = row.get("deformation", {}).get("acc_at_budget_px")
+            if at:
+                panels.setdefault(f"{label}: T-norm budget (px)", {})[run] = [(float(b), 100 * a) for b, a in at.items()]
+                continue
+            spec = ATTACKS.get(row.get("attack"))
+            if spec is None or spec.budget is None or len(spec.budget.knobs) != 1 or "settings" not in row:
+                continue
+            knob = spec.budget.knobs[0]
+            value = row["settings"].get(knob)
+            if value is not None:
+                panels.setdefault(f"{row['attack']}: {knob}", {}).setdefault(run, []).append((value, 100 * row["acc"]))
+    # a budgeted attack needs two budgets or more to make a curve
+    return {p: {r: sorted(v) for r, v in runs.items()} for p, runs in panels.items()
+            if p.endswith("(px)") or any(len(v) > 1 for v in runs.values())}
+
+
+def plot_budgets(records: list[dict], out: str) -> list[str]:
+    """The budget curves (:func:`budget_curves`) as ``<out stem>_budgets.png`` and ``.pdf``; nothing when no row has
+    budgets."""
+    panels = budget_curves(records)
+    if not panels:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (panel, runs) in zip(axes[0], sorted(panels.items())):
+        for run, points in sorted(runs.items()):
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=3, label=run)
+        title, xlabel = panel.split(": ", 1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("robust accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    stem = os.path.splitext(out)[0] + "_budgets"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    paths = [stem + ".png", stem + ".pdf"]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    plt.close(fig)
+    return paths
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--result_path", type=str, default="./results", help="folder of evaluate.py JSON files")
@@ -96,7 +158,7 @@ def main(argv=None):
     if not records:
         print(f"error: no evaluate.py result files (*.json with val_acc) in {args.result_path}", file=sys.stderr)
         raise SystemExit(2)
-    for path in plot(records, args.out, args.reference):
+    for path in plot(records, args.out, args.reference) + plot_budgets(records, args.out):
         print(f"wrote {path}")
 
 

@@ -8,10 +8,12 @@ reference). The training loss ``CE + lambda * R`` is ``utils.losses.gradient_reg
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
-from .flow import GATHER_EQUIVALENT_OFFSET, resolve_sampler, warp
+from .flow import GATHER_EQUIVALENT_OFFSET, random_flow_start, resolve_sampler, warp
 
 
 def flow_gradient_penalty(model, x, y, sampler: str = "auto", create_graph: bool = True):
@@ -58,3 +60,20 @@ def input_gradient_penalty(model, x, y, create_graph: bool = True):
     ce = F.cross_entropy(logits, y)
     (g,) = torch.autograd.grad(ce, x, create_graph=create_graph)
     return ce, g.pow(2).sum(dim=(1, 2, 3)).mean(), logits
+
+
+def penalty_ratio(model, batches, *, rs_sigma: float = 0.01, sampler: str = "auto") -> float:
+    """mean R_FGR / mean R_IGR of ``model`` (train mode, as in training, on a copy: the model and its BatchNorm
+    statistics are left alone) over ``batches`` of ``(x, y)``, each after the random flow start: the factor by which
+    IGR's lambda must exceed FGR's for the two penalties to weigh the same in the loss. At equal lambda the IGR
+    penalty is far smaller (the flow gradient is the input gradient times the image gradient, scaled by
+    (W - 1) / 2 per normalised unit)."""
+    net = copy.deepcopy(model).train()
+    fgr = igr = 0.0
+    for x, y in batches:
+        x = random_flow_start(x, rs_sigma) if rs_sigma > 0 else x
+        fgr += flow_gradient_penalty(net, x, y, sampler=sampler, create_graph=False)[1].item()
+        igr += input_gradient_penalty(net, x, y, create_graph=False)[1].item()
+    if igr <= 0:
+        raise ValueError("the input-gradient penalty is 0 on these batches: no ratio to match")
+    return fgr / igr

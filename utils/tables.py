@@ -3,8 +3,10 @@
     python -m utils.tables --result_path results [--format markdown|latex|csv] [--out results/table.md]
 
 One row per run (dataset, model, method, and lambda or alpha/beta; runs that differ only in the seed are one row,
-mean ± std over them), one column per attack row label (``flow``, ``flow [steps=1]``, ``PGD500``, ...) after the
-clean accuracy, in %. Where the authors' numbers are known (FGR, CIFAR-10, VGG-11, lambda 0/100/200/300: their
+mean ± std over them), one column per attack row label (``flow``, ``flow [flow_steps=1]``, ``PGD500``, ...) after
+the clean accuracy, in %; a minimum-deformation attack (stAdv, ADef without a cap) adds its robust accuracy at each
+deformation budget (``adef @1px``, %) and its median minimal deformation (``adef median px``, pixels of T-norm; inf
+where most points were never fooled), which rank models where its plain accuracy is 0 for all. Where the authors' numbers are known (FGR, CIFAR-10, VGG-11, lambda 0/100/200/300: their
 result files) they stand beside ours. The table is printed and written to ``--out`` (default
 ``<result_path>/table.<md|tex|csv>``).
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
+import re
 import statistics
 import sys
 
@@ -49,7 +53,16 @@ def run_of(record: dict) -> tuple[dict, dict] | None:
             run = _gsem_run(record)
         else:
             run = _fgr_run(record.get("train_args") or record.get("args", {}))
-        return run, {"clean": record["clean"]["acc"], **{k: r["acc"] for k, r in record["rows"].items()}}
+        cols = {"clean": record["clean"]["acc"]}
+        for label, r in record["rows"].items():
+            cols[label] = r["acc"]
+            deform = r.get("deformation", {})
+            for b, acc in deform.get("acc_at_budget_px", {}).items():
+                cols[f"{label} @{b}px"] = acc
+            if "median_min_tnorm_px" in deform:
+                median = deform["median_min_tnorm_px"]
+                cols[f"{label} median px"] = float("inf") if median is None else median
+        return run, cols
     if "attacks" in record and "val_acc" in record:  # evaluate.py, format 1
         run = _fgr_run(record.get("train_args") or record.get("args", {}))
         return run, {"clean": record["val_acc"], **{k: r["acc"] for k, r in record["attacks"].items()}}
@@ -73,8 +86,16 @@ def collect(result_path: str) -> list[tuple[dict, dict]]:
     return runs
 
 
-def build_table(runs) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (strings, accuracies in %) with runs differing only in the seed merged (mean ± std)."""
+def _column_order(col: str):
+    """clean first, then the authors' flow attack, then by label, a label's budgets in increasing order."""
+    m = re.fullmatch(r"(.*) @([0-9.]+)px", col)
+    stem, budget = (m.group(1), float(m.group(2))) if m else (col.removesuffix(" median px"), -math.inf)
+    return (col != "clean", stem != "flow", stem, col.endswith(" median px"), budget)
+
+
+def build_table(runs, columns_like=None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings, accuracies in %) with runs differing only in the seed merged (mean ± std);
+    ``columns_like``: regular expressions, a column is kept if one matches it (``clean`` always)."""
     groups: dict[tuple, dict] = {}
     for run, accs in runs:
         key = (run["dataset"], run["model"], run["method"], run["setting"])
@@ -83,8 +104,9 @@ def build_table(runs) -> tuple[list[str], list[list[str]]]:
             g["accs"].setdefault(col, []).append(acc)
     columns = []
     for g in groups.values():
-        columns += [c for c in g["accs"] if c not in columns]
-    columns.sort(key=lambda c: (c != "clean", c != "flow", c))
+        columns += [c for c in g["accs"] if c not in columns and (c == "clean" or not columns_like or any(
+            re.fullmatch(p, c) for p in columns_like))]
+    columns.sort(key=_column_order)
     published = any((g["run"]["dataset"], g["run"]["model"], g["run"].get("lamb")) in PUBLISHED
                     and g["run"]["method"] in ("FGR", "plain") for g in groups.values())
     header = ["dataset", "model", "method", "setting", *columns] + (["clean (paper)", "flow (paper)"] if published
@@ -95,12 +117,15 @@ def build_table(runs) -> tuple[list[str], list[list[str]]]:
         cells = []
         for col in columns:
             vals = g["accs"].get(col, [])
+            scale = 1 if col.endswith(" px") else 100  # a deformation in pixels, else an accuracy in %
             if not vals:
                 cells.append("–")
             elif len(vals) == 1:
-                cells.append(f"{100 * vals[0]:.2f}")
+                cells.append(f"{scale * vals[0]:.2f}")
+            elif any(v == float("inf") for v in vals):
+                cells.append(f"{statistics.median(vals):.2f} (median, n={len(vals)})")
             else:
-                mean, std = 100 * statistics.fmean(vals), 100 * statistics.stdev(vals)
+                mean, std = scale * statistics.fmean(vals), scale * statistics.stdev(vals)
                 cells.append(f"{mean:.2f} ± {std:.2f} (n={len(vals)})")
         if published:
             paper = PUBLISHED.get((g["run"]["dataset"], g["run"]["model"], g["run"].get("lamb")))
@@ -127,12 +152,14 @@ def main(argv=None):
     p.add_argument("--result_path", type=str, default="./results", help="folder searched (recursively) for result JSON")
     p.add_argument("--format", type=str, default="markdown", choices=["markdown", "latex", "csv"], help="table format")
     p.add_argument("--out", type=str, default=None, help="output file (default <result_path>/table.<md|tex|csv>)")
+    p.add_argument("--columns", type=str, nargs="+", default=None,
+                   help="keep only the columns matching one of these regular expressions (clean is always kept)")
     args = p.parse_args(argv)
     runs = collect(args.result_path)
     if not runs:
         print(f"error: no result files of evaluate.py or evaluate_gsem.py in {args.result_path}", file=sys.stderr)
         raise SystemExit(2)
-    text = render(*build_table(runs), args.format)
+    text = render(*build_table(runs, args.columns), args.format)
     suffix = {"markdown": "md", "latex": "tex", "csv": "csv"}[args.format]
     out = args.out or os.path.join(args.result_path, f"table.{suffix}")
     atomic_write_text(out, text)

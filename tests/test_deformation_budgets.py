@@ -1,0 +1,156 @@
+"""Deformation robustness that ranks defences: per-example minimal deformations and accuracy at budgets in the rows,
+budget sweeps, both stAdv recipes, the gradient-free attacks, the masking checks, the budget curves, IGR at FGR's
+strength; on real digits where it matters."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import evaluate
+import main
+from attacks import AttackConfig, build_attack
+from attacks.spatial import rigid_flow
+from attacks.stadv import diagonal_smoothness
+from realdata import digits_tensors, train_digits_classifier
+from utils import plots
+from utils.evaluation import attack_pass, make_row, masking_checks
+from utils.flow import pixel_flow_to_normalized, warp
+from utils.losses import gradient_regularized
+
+
+def row_of(model, name, cfg, x, y, budgets=(0.25, 0.5, 1.0, 2.0)):
+    """The pipeline's row of attack ``name`` on (x, y)."""
+    loader = DataLoader(TensorDataset(x, y), batch_size=64)
+    with torch.no_grad():
+        clean = model(x).argmax(1) == y
+    attack, settings = build_attack(name, model, cfg)
+    spec_min_norm = name in ("stadv", "stadv-ref") or (name == "adef" and cfg.adef_max_norm is None)
+    draw = attack_pass(model, loader, "cpu", attack, bar=False, desc=name)
+    return make_row(name, name, [draw], clean, settings=settings, attack_settings=attack.settings(), seeds=[0],
+                    seconds=0.0, min_norm=spec_min_norm, budgets=budgets)
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    """Plain and FGR (lambda 300, batch 64) small CNNs on the real digits, and 120 test digits."""
+    def fgr(model, xb, yb):
+        return gradient_regularized(model, xb, yb, xb, reg="fgr", lamb=300.0, rs_sigma=0.01)[0]
+
+    x, y = digits_tensors(False)
+    return train_digits_classifier(), train_digits_classifier(loss_fn=fgr), x[:120], y[:120]
+
+
+@pytest.mark.slow
+def test_rows_hold_minimal_deformations_and_accuracy_at_budgets_that_rank_plain_and_fgr(digits_models):
+    plain, fgr, x, y = digits_models
+    rows = {name: row_of(model, "adef", AttackConfig(), x, y) for name, model in (("plain", plain), ("fgr", fgr))}
+    for row in rows.values():
+        d = row["deformation"]
+        assert row["acc"] < 0.1  # the minimum-deformation attack fools nearly every point of either model ...
+        assert len(d["per_example"]["tnorm_px"]) == 120 and d["minimum_deformation"]
+        fooled = [v for v in d["per_example"]["tnorm_px"] if v is not None]
+        assert len(fooled) >= 100 and all(v >= 0 for v in fooled)
+        accs = list(d["acc_at_budget_px"].values())
+        assert accs == sorted(accs, reverse=True) and accs[0] > accs[-1]  # ... at growing deformations
+    gaps = [rows["fgr"]["deformation"]["acc_at_budget_px"][b] - rows["plain"]["deformation"]["acc_at_budget_px"][b]
+            for b in rows["plain"]["deformation"]["acc_at_budget_px"]]
+    assert max(abs(g) for g in gaps) >= 0.05, gaps  # ... which rank the two models
+    assert rows["fgr"]["deformation"]["median_min_tnorm_px"] > rows["plain"]["deformation"]["median_min_tnorm_px"]
+
+
+@pytest.mark.slow
+def test_minimum_deformation_accuracy_at_a_budget_is_not_below_the_budgeted_attacks(digits_models):
+    """Both are upper bounds on the robust accuracy at 1 px; ADef capped at 1 px fools at least what the minimum-
+    deformation ADef fooled within 1 px (the same path, an overshoot up to the cap)."""
+    plain, _, x, y = digits_models
+    free = row_of(plain, "adef", AttackConfig(), x, y, budgets=(1.0,))
+    capped = row_of(plain, "adef", AttackConfig(adef_max_norm=1.0), x, y)
+    se = math.sqrt(capped["acc"] * (1 - capped["acc"]) / 120)
+    assert free["deformation"]["acc_at_budget_px"]["1"] >= capped["acc"] - 2 * se
+    assert "acc_at_budget_px" not in capped["deformation"]  # a budgeted row: its accuracy is at its budget
+    assert all(v is None or v <= 1.0 + 1e-3 for v in capped["deformation"]["per_example"]["tnorm_px"])
+
+
+@pytest.mark.slow
+def test_gradient_free_attacks_and_the_reference_stadv_on_real_digits(digits_models):
+    plain, _, x, y = digits_models
+    x, y = x[:32], y[:32]
+    with torch.no_grad():
+        ok = plain(x).argmax(1) == y
+    rt = row_of(plain, "rt-grid", AttackConfig(), x, y)
+    assert rt["n_success"] > 0 and rt["attack_settings"]["max_rotation"] == 30.0
+    rs = row_of(plain, "flow-rs", AttackConfig(flow_eps=0.1, flow_rs_queries=200), x, y)
+    assert rs["success_rate"] >= 0.5, rs["success_rate"]  # 1.55 px per coordinate: most points fall
+    ours = row_of(plain, "stadv", AttackConfig(), x, y)
+    ref = row_of(plain, "stadv-ref", AttackConfig(stadv_ref_max_iter=60), x, y)
+    assert ours["n_success"] == int(ok.sum())  # ours fools every correct point ...
+    assert ref["n_success"] < ours["n_success"]  # ... the released recipe, with a fixed tau, fewer
+    assert set(ref["deformation"]["per_example"]) == {"tnorm_px", "mean_px", "smoothness"}
+
+
+def test_the_released_stadv_smoothness_and_the_rigid_flows():
+    f = torch.zeros(1, 2, 5, 5)
+    f[0, 0, 2, 2] = 1.0  # one pixel moved by 1 px horizontally
+    # each diagonal direction sees two differing pairs (the pixel against its neighbour, the neighbour against it)
+    assert diagonal_smoothness(f).item() == pytest.approx(4 * math.sqrt(2 + 1e-8), rel=1e-6)
+    x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
+    shifted = warp(x, pixel_flow_to_normalized(rigid_flow(0, 1.0, 0, 9, 9)[None].double()), padding_mode="zeros")
+    assert torch.allclose(shifted[..., :-1], x[..., 1:], atol=1e-6)  # translation tx = 1: z(r, c) = x(r, c + 1)
+    turned = warp(x, pixel_flow_to_normalized(rigid_flow(90, 0, 0, 9, 9)[None].double()), padding_mode="zeros")
+    assert torch.allclose(turned[0], x[0].transpose(1, 2).flip(1), atol=1e-5)  # a quarter turn about the centre
+
+
+def row(attack, acc, n=100, **settings):
+    return {"attack": attack, "label": attack, "acc": acc, "n_examples": n, "settings": settings}
+
+
+def test_the_masking_checks_fire_when_a_stronger_attack_is_weaker():
+    rows = {"PGD500": row("PGD500", 0.275, eps=8.0), "AA": row("AA", 0.525, eps=8.0),
+            "APGD500": row("APGD500", 0.27, eps=8.0), "AA4": row("AA", 0.9, eps=4.0)}
+    checks, warnings = masking_checks(rows)
+    assert len(warnings) == 1 and "AA leaves 52.50% where PGD500 leaves 27.50%" in warnings[0]
+    assert set(checks) == {"AA vs PGD500", "APGD500 vs PGD500"}  # another eps is not compared
+    _, warnings = masking_checks({"flow": row("flow", 0.6, flow_eps=0.01),
+                                  "flow-rs": row("flow-rs", 0.3, flow_eps=0.01)})
+    assert len(warnings) == 1 and "gradient-free" in warnings[0]
+    assert masking_checks({"flow": row("flow", 0.3, flow_eps=0.01), "flow-rs": row("flow-rs", 0.32, flow_eps=0.01)}
+                          )[1] == []
+
+
+def test_budget_sweeps_make_one_row_each_and_the_curves_are_drawn_from_the_files(cifar10_root, tmp_path, capsys):
+    from models import build_model
+
+    torch.save(build_model("smallcnn", 10).state_dict(), tmp_path / "m.pt")
+    args = ["--data_path", cifar10_root, "--no-verify_data", "--workers", "0", "--no_bar", "--subset", "8",
+            "--checkpoint", str(tmp_path / "m.pt"), "--model_name", "smallcnn", "--result_path", str(tmp_path / "r")]
+    evaluate.main(evaluate.get_args(args + ["--attacks", "flow", "--flow_eps", "0.005", "0.02", "--steps", "2"]))
+    record = evaluate.main(evaluate.get_args(args + ["--attacks", "adef", "--adef_steps", "3",
+                                                     "--budgets", "0.1", "1"]))
+    assert {k for k in record["rows"] if k.startswith("flow")} == {"flow [flow_eps=0.005, flow_steps=2, n=8]",
+                                                                    "flow [flow_eps=0.02, flow_steps=2, n=8]"}
+    assert set(record["rows"]["adef [adef_steps=3, n=8]"]["deformation"]["acc_at_budget_px"]) == {"0.1", "1"}
+    panels = plots.budget_curves(plots.load_results(str(tmp_path / "r")))
+    assert set(panels) == {"adef [adef_steps=3, n=8]: T-norm budget (px)", "flow: flow_eps"}
+    assert [b for b, _ in next(iter(panels["flow: flow_eps"].values()))] == [0.005, 0.02]
+    plots.main(["--result_path", str(tmp_path / "r"), "--out", str(tmp_path / "fig.png")])
+    assert (tmp_path / "fig_budgets.png").stat().st_size > 10_000
+    on_disk = json.loads((tmp_path / "r" / "m.json").read_text())["rows"]["adef [adef_steps=3, n=8]"]
+    assert len(on_disk["deformation"]["per_example"]["tnorm_px"]) == 8 and on_disk["robust_flags"].count("1") == \
+        sum(v is None for v in on_disk["deformation"]["per_example"]["tnorm_px"])  # not fooled: no deformation
+
+
+def test_igr_at_the_strength_of_fgr_is_measured_printed_and_recorded(cifar10_root, tmp_path, capsys):
+    common = ["--data_path", cifar10_root, "--no-verify_data", "--model_name", "smallcnn", "--weight_path",
+              str(tmp_path), "--subset", "32", "--batch_size", "8", "--epochs", "1", "--workers", "0", "--no_bar"]
+    main.main(main.get_args(common + ["--reg", "igr", "--igr_match_fgr", "300"]))
+    out = capsys.readouterr().out
+    assert "IGR matched to FGR lambda 300: R_FGR / R_IGR = " in out
+    ckpt = next(p for p in tmp_path.iterdir() if p.name.endswith(".pt") and "last" not in p.name)
+    args = torch.load(ckpt, weights_only=True)["args"]
+    assert args["fgr_lamb"] == pytest.approx(300 * args["igr_ratio"], rel=1e-3) and args["igr_ratio"] > 0
+    with pytest.raises(SystemExit):
+        main.main(main.get_args(common + ["--igr_match_fgr", "300"]))  # only with --reg igr
+    assert "use it with --reg igr" in capsys.readouterr().err

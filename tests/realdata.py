@@ -3,10 +3,10 @@ RGB), and a small undefended CNN trained on them in seconds."""
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torchvision import transforms
 
+from models import build_model
 from utils.datasets import Digits
 
 
@@ -16,18 +16,15 @@ def digits_tensors(train: bool):
 
 
 def small_cnn():
-    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                         nn.Linear(32 * 16, 10))
+    return build_model("smallcnn", 10)
 
 
-def train_digits_classifier(epochs: int = 6, seed: int = 0, loss_fn=None):
-    """A small CNN trained with Adam on the 1,497 training digits; ``loss_fn(model, x, y) -> loss`` (default CE).
-    Returns the model in eval mode."""
+def train_digits_classifier(epochs: int = 6, seed: int = 0, loss_fn=None, model=None):
+    """``model`` (default: the small CNN) trained with Adam on the 1,497 training digits; ``loss_fn(model, x, y) ->
+    loss`` (default CE). Returns the model in eval mode."""
     torch.manual_seed(seed)
     x, y = digits_tensors(True)
-    model = small_cnn()
+    model = model if model is not None else small_cnn()
     opt = torch.optim.Adam(model.parameters(), 1e-3)
     for _ in range(epochs):
         model.train()

@@ -92,7 +92,8 @@ def test_adversarial_deformation_training_and_multi_attack_evaluation(cifar10_ro
     on_disk = json.loads((tmp_path / "r" / f"{name}.json").read_text())
     adef = next(r for r in on_disk["rows"].values() if r["attack"] == "adef")
     assert set(adef) >= {"acc", "n_success", "deformation", "settings", "robust_flags"}
-    assert set(adef["deformation"]) == {"tnorm_px", "mean_px"}
+    assert set(adef["deformation"]) == {"tnorm_px", "mean_px", "per_example", "minimum_deformation",
+                                       "acc_at_budget_px", "median_min_tnorm_px"}
     assert (tmp_path / "r" / f"{name}.md").read_text().count("| stadv [") == 1
 
 

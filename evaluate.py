@@ -22,11 +22,11 @@ from utils.checkpoint import file_sha256, load_checkpoint
 from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name
 from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
-from utils.errors import cli_entry
+from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
                               masking_checks, run_attacks, test_loader)
 from utils.results import ResultFile, ensure_writable
-from utils.runtime import start_run
+from utils.runtime import show_args, start_run
 
 
 def parser() -> tuple[Parser, list[str]]:
@@ -65,6 +65,18 @@ def table(record) -> list[str]:
     return lines
 
 
+def runs_beside(path: str, args) -> str:
+    """The runs of the same dataset and model in the checkpoint's folder, as a hint."""
+    folder = os.path.dirname(path) or "."
+    prefix = f"{args.data_name}_{args.model_name}"
+    runs = sorted(f for f in os.listdir(folder) if f.startswith(prefix) and f.endswith(".pt")
+                  and not f.endswith(".last.pt")) if os.path.isdir(folder) else []
+    if not runs:
+        return f"; no {prefix} run is in {folder}"
+    return (f"; runs of {prefix} in {folder}: {', '.join(runs[:5])}{' ...' if len(runs) > 5 else ''}. A run with "
+            f"settings off the recipe has them in its name: give it with --checkpoint")
+
+
 def reference_keys(old: dict, record: dict) -> None:
     """The reference's keys, settled at every write: ``val_acc`` is the clean accuracy, but a subset never replaces
     the whole test set's; ``adv_acc`` is the ``flow`` row's (the authors' attack at their settings, whole test set)."""
@@ -77,12 +89,15 @@ def reference_keys(old: dict, record: dict) -> None:
 @cli_entry
 def main(args):
     args.model_name = check_model_name(args.model_name)
-    device, say = start_run(args)
+    device, say = start_run(args, print_args=False)
     p, identity = parser()
     name = fgr_run_name(args, vars(p.parse_args([])), identity)
     path = args.checkpoint or os.path.join(args.weight_path, f"{name}.pt")
+    if not args.checkpoint and not os.path.isfile(path):
+        raise UserError(f"checkpoint not found: {path} (the name these flags give)" + runs_beside(path, args))
     ckpt = load_checkpoint(path)
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("model_name", "data_name", "normalize", "augment"))
+    show_args(say, args)  # after adopting the checkpoint's settings: what this run uses
     n_classes, channels = num_classes(args.data_name), num_channels(args.data_name)
     model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device,
                                 normalize=dataset_stats(args.data_name) if args.normalize else None,
@@ -93,7 +108,8 @@ def main(args):
     stem = os.path.splitext(os.path.basename(path))[0]
     record = {"script": "evaluate.py", "name": stem, "val_acc": None, "val_n": n, "adv_acc": None,
               "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
-              "model_spec": getattr(model, "model_spec", None), "data": {"name": args.data_name, "n": n},
+              "model_spec": getattr(model, "model_spec", None),
+              "data": {"name": args.data_name, "n": n, "sha256": loader.data_sha256},
               "trained_epochs": ckpt.get("epoch"), "train_args": ckpt.get("args"), "device": str(device),
               "torch": torch.__version__, "args": vars(args)}
     results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, say, merge=reference_keys)

@@ -12,6 +12,7 @@ The model (and its alpha and beta) and the dataset are read from the checkpoint.
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 from torchvision import transforms
@@ -22,11 +23,12 @@ from utils.argtypes import nonneg_int, positive_int
 from utils.checkpoint import file_sha256, load_checkpoint
 from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit_flags
 from utils.datasets import num_channels, num_classes
-from utils.errors import cli_entry
+from utils.data import fgr_transforms
+from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
                               masking_checks, run_attacks, sanity_checks, test_loader)
 from utils.results import ResultFile, ensure_writable
-from utils.runtime import start_run
+from utils.runtime import show_args, start_run
 
 REFERENCE_SUITE = ["Clean", "PGD500", "CW100", "APGD500", "AA"]
 
@@ -82,13 +84,29 @@ def table(record: dict) -> list[str]:
     return lines
 
 
+def alpha_beta_from_file_name(args, given: set) -> None:
+    """The authors' checkpoints are bare state_dicts named ``<classifier>_<alpha>_<beta>_<acc>.pt``: their alpha and
+    beta come from the name (a flag that contradicts it is an error)."""
+    m = re.search(r"_(\d+)_(\d+)_[0-9.]+\.pt$", os.path.basename(args.model_load_path))
+    if not m:
+        return
+    for key, value in zip(("alpha", "beta"), map(int, m.groups())):
+        if key in given and getattr(args, key) != value:
+            raise UserError(f"--{key} {getattr(args, key)} contradicts the checkpoint's name "
+                            f"{os.path.basename(args.model_load_path)}, which says {key} {value}")
+        setattr(args, key, value)
+
+
 @cli_entry(on_interrupt="interrupted: every finished attack is saved; run the same command with --resume to "
                          "skip them")
 def main(args):
     args.classifier_name = check_model_name(args.classifier_name)
-    device, say = start_run(args)
+    device, say = start_run(args, print_args=False)
     ckpt = load_checkpoint(args.model_load_path)
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("classifier_name", "dataset_name", "alpha", "beta"))
+    if not ckpt.get("args"):
+        alpha_beta_from_file_name(args, set(args.explicit))
+    show_args(say, args)  # after adopting the checkpoint's settings: what this run uses
     n_classes, channels = num_classes(args.dataset_name), num_channels(args.dataset_name)
     takes = model_options(args.classifier_name)
     options = {**{k: getattr(args, k) for k in ("alpha", "beta") if k in takes},
@@ -96,13 +114,16 @@ def main(args):
     model = load_for_evaluation(ckpt, args.model_load_path, args.classifier_name, n_classes, device, options=options,
                                 amp=args.amp)
     ensure_writable(args.result_path)
-    loader, n, n_total = test_loader(args.dataset_name, args.data_path, transforms.ToTensor(), n=args.n_examples,
+    trained = ckpt.get("args") or {}  # an FGR checkpoint: its test preprocessing, as evaluate.py
+    test_tf = fgr_transforms(trained["augment"])[1] if "augment" in trained else transforms.ToTensor()
+    loader, n, n_total = test_loader(args.dataset_name, args.data_path, test_tf, n=args.n_examples,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
     stem = os.path.splitext(os.path.basename(args.model_load_path))[0]
     record = {"script": "evaluate_gsem.py", "model": args.classifier_name, "dataset_name": args.dataset_name,
               "alpha": args.alpha, "beta": args.beta, "checkpoint": os.path.abspath(args.model_load_path),
               "checkpoint_sha256": file_sha256(args.model_load_path), "model_spec": getattr(model, "model_spec", None),
-              "data": {"name": args.dataset_name, "n": n}, "device": str(device), "torch": torch.__version__,
+              "data": {"name": args.dataset_name, "n": n, "sha256": loader.data_sha256}, "device": str(device),
+              "torch": torch.__version__,
               "train_args": ckpt.get("args"), "args": vars(args), "warnings": []}
     results = ResultFile(os.path.join(args.result_path, f"{stem}_{args.dataset_name}_eval.json"), record, say)
 

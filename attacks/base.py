@@ -36,8 +36,8 @@ class Attack:
 
     def settings(self) -> dict:
         """The hyperparameters this object runs with (its scalar attributes), for the result record."""
-        return {k: v for k, v in vars(self).items()
-                if not k.startswith("_") and not k.startswith("last_") and (v is None or isinstance(v, (bool, int, float, str)))}
+        return {k: v for k, v in vars(self).items() if not k.startswith(("_", "last_"))
+                and (v is None or isinstance(v, (bool, int, float, str)))}
 
 
 class Uncorrected(Attack):

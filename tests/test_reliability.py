@@ -279,15 +279,25 @@ def test_a_subset_larger_than_the_data_is_said(cifar10_root, tmp_path, capsys):
     assert "--subset 100000 is more than the" in capsys.readouterr().out
 
 
-def test_ctrl_c_is_one_line_that_says_how_to_resume(cifar10_root, tmp_path, capsys, monkeypatch):
-    def interrupt(*a, **k):
-        raise KeyboardInterrupt
+def test_ctrl_c_is_one_line_that_says_what_was_kept(cifar10_root, tmp_path, capsys, monkeypatch):
+    real, calls = training.train_one_epoch, {"n": 0}
 
-    monkeypatch.setattr(training, "train_one_epoch", interrupt)
-    with pytest.raises(SystemExit) as e:
-        main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
-    err = capsys.readouterr().err.strip()
-    assert e.value.code == 130 and "--resume" in err and "\n" not in err and "Traceback" not in err
+    def interrupt_at(k):
+        def train_one_epoch(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == k:
+                raise KeyboardInterrupt
+            return real(*a, **kw)
+        return train_one_epoch
+
+    for k, said in ((1, "no epoch had finished, nothing was saved"), (2, "1 finished epoch saved in")):
+        calls["n"] = 0
+        monkeypatch.setattr(training, "train_one_epoch", interrupt_at(k))
+        with pytest.raises(SystemExit) as e:
+            main.main(main.get_args(fgr_args(cifar10_root, tmp_path / str(k), "--fgr_lamb", "0", "--epochs", "2")))
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 130 and said in err and "\n" not in err and "Traceback" not in err
+        assert ("--resume" in err) == (k == 2)
 
 
 def test_two_evaluations_of_one_checkpoint_at_once_keep_both_rows(tmp_path):
@@ -303,3 +313,161 @@ def test_two_evaluations_of_one_checkpoint_at_once_keep_both_rows(tmp_path):
     second.add("adef", {"acc": 0.2})
     second.write(lambda rec: [])
     assert set(json.loads((tmp_path / "c.json").read_text())["rows"]) == {"flow", "adef"}
+
+
+# --- nothing deleted, nothing silently wrong (the second round) -------------------------------------------------------
+
+def test_a_crafted_resume_state_deletes_nothing_outside_the_run(cifar10_root, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's file")
+    argv = fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")
+    main.main(main.get_args(argv))
+    last = tmp_path / "w" / "cifar10_vgg11_epochs1_batch_size8_subset16.last.pt"
+    for named in (str(victim), "../victim.txt", os.path.relpath(victim)):
+        state = torch.load(last, weights_only=True)
+        state["best_file"] = named
+        torch.save(state, last)
+        main.main(main.get_args(argv + ["--overwrite"]))
+        assert victim.read_text() == "the user's file", named
+    state = torch.load(last, weights_only=True)
+    assert state["best_file"] == "cifar10_vgg11_epochs1_batch_size8_subset16.pt"  # relative to the run's folder
+
+
+@pytest.mark.parametrize("script,argv,expected", [
+    (train_gsem, ["--best_acc", "nan"], "must be a finite number"),
+    (train_gsem, ["--best_acc", "1"], "must be below 1"),
+    (train_gsem, ["--seed", str(2 ** 64)], "must be an integer in [0, 2^63 - 1]"),
+    (evaluate_gsem, ["--model_load_path", "x.pt", "--eps", "300"], "at most 255"),
+])
+def test_values_out_of_range_are_refused(script, argv, expected, capsys):
+    with pytest.raises(SystemExit) as e:
+        script.get_args(argv)
+    assert e.value.code == 2 and expected in capsys.readouterr().err
+
+
+def test_labels_outside_the_classes_are_refused(cifar10_root, tmp_path):
+    from synthetic import _dump
+
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(cifar10_root, "cifar10"), root)
+    batch = pickle.load(open(root / "cifar-10-batches-py" / "test_batch", "rb"), encoding="latin1")
+    batch["labels"][3] = 10
+    _dump(root / "cifar-10-batches-py" / "test_batch", batch)
+    with pytest.raises(UserError, match=r"test labels of cifar10 .* run outside 0\.\.9 \(1 labels, e\.g\. 10\)"):
+        load_dataset("cifar10", str(root), False, verify=False)
+
+
+def test_evaluate_gsem_reads_an_fgr_checkpoint_as_evaluate_does(cifar10_root, tmp_path):
+    main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
+    ckpt = str(tmp_path / "w" / "cifar10_vgg11_epochs1_batch_size8_subset16.pt")
+    fgr = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt, "--attacks", "Clean")))
+    gsem = evaluate_gsem.main(evaluate_gsem.get_args([
+        "--model_load_path", ckpt, "--data_path", cifar10_root, "--no-verify_data", "--subset", "16", "--workers",
+        "0", "--no_bar", "--result_path", str(tmp_path / "r2"), "--attacks", "Clean", "--no-sanity_checks"]))
+    assert gsem["model"] == "vgg11" and gsem["clean"]["flags"] == fgr["clean"]["flags"]  # the same preprocessing
+
+
+def test_a_bare_authors_checkpoint_takes_alpha_and_beta_from_its_name(cifar10_root, tmp_path, capsys):
+    torch.save(build_model("GSeMResNet18", 10, alpha=5, beta=3).state_dict(), tmp_path / "GSeMResNet18_5_3_0.61.pt")
+    argv = ["--model_load_path", str(tmp_path / "GSeMResNet18_5_3_0.61.pt"), "--data_path", cifar10_root,
+            "--no-verify_data", "--subset", "4", "--workers", "0", "--no_bar", "--result_path", str(tmp_path / "r"),
+            "--attacks", "Clean", "--no-sanity_checks"]
+    record = evaluate_gsem.main(evaluate_gsem.get_args(argv))
+    assert (record["alpha"], record["beta"]) == (5, 3)
+    err = exit_2(capsys, lambda: evaluate_gsem.main(evaluate_gsem.get_args(argv + ["--alpha", "6"])))
+    assert "--alpha 6 contradicts the checkpoint's name" in err
+
+
+def test_results_are_keyed_by_the_data_they_were_computed_on(cifar10_root, tmp_path, capsys):
+    from synthetic import write_cifar10
+
+    torch.save(build_model("vgg11", 10).state_dict(), tmp_path / "m.pt")
+    other = tmp_path / "other"
+    write_cifar10(str(other), n_train=10, n_test=40, seed=5)
+    for root in (cifar10_root, str(other)):
+        evaluate.main(evaluate.get_args(eval_args(root, tmp_path, "--checkpoint", str(tmp_path / "m.pt"))))
+    assert "results of this checkpoint on other data" in capsys.readouterr().out
+    assert len([f for f in os.listdir(tmp_path / "r") if f.endswith(".json")]) == 2  # the first moved aside
+
+
+@pytest.mark.parametrize("content,aside", [("[1, 2]", "unreadable"), ('{"format": 2, "rows": [1]}', "unreadable"),
+                                           ('{"format": 2, "checkpoint_sha256": "../../x/y", "rows": {}}', "______x_y")])
+def test_malformed_result_files_are_moved_aside_in_one_line(cifar10_root, tmp_path, capsys, content, aside):
+    torch.save(build_model("vgg11", 10).state_dict(), tmp_path / "m.pt")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "m.json").write_text(content)
+    evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", str(tmp_path / "m.pt"))))
+    assert (tmp_path / "r" / f"m.{aside}.json").read_text() == content
+    assert json.loads((tmp_path / "r" / "m.json").read_text())["format"] == 2
+
+
+def test_a_full_disk_after_an_evaluation_leaves_the_rows_where_the_message_says(cifar10_root, tmp_path, capsys,
+                                                                                monkeypatch):
+    import errno
+
+    from utils import results
+
+    torch.save(build_model("vgg11", 10).state_dict(), tmp_path / "m.pt")
+    monkeypatch.setattr(results.tempfile, "gettempdir", lambda: str(tmp_path / "rescue"))
+    (tmp_path / "rescue").mkdir()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results, "write_result", full)
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint",
+                                                                          str(tmp_path / "m.pt")))))
+    assert "No space left on device" in err and str(tmp_path / "rescue" / "m.json") in err
+    assert "flow [flow_steps=1, n=16]" in json.loads((tmp_path / "rescue" / "m.json").read_text())["rows"]
+
+
+def test_a_full_disk_during_training_is_one_line_and_the_log_lists_only_saved_epochs(cifar10_root, tmp_path, capsys,
+                                                                                     monkeypatch):
+    import errno
+
+    from utils import checkpoint
+
+    real, calls = checkpoint.atomic_save, {"n": 0}
+
+    def fills_up(obj, path):
+        calls["n"] += 1
+        if calls["n"] > 2:  # epoch 1 writes the best and the last state; the disk is full from epoch 2 on
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(obj, path)
+
+    monkeypatch.setattr(checkpoint, "atomic_save", fills_up)
+    err = exit_2(capsys, lambda: main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0",
+                                                                   "--epochs", "2", "--lr", "1e-9"))))
+    assert "cannot write the state of epoch 2 (No space left on device)" in err and "last good state" in err
+    log = json.loads((tmp_path / "w" / "cifar10_vgg11_epochs2_batch_size8_lr1e-09_subset16.log.json").read_text())
+    assert [r["epoch"] for r in log["epochs"]] == [1]
+
+
+def test_messages_say_what_happened(cifar10_root, tmp_path, capsys):
+    # a malicious checkpoint is refused, and torch's advice to load it unsafely is not passed on
+    torch.save({"model": {"w": torch.zeros(1)}, "payload": Payload(tmp_path / "pwned")}, tmp_path / "evil.pt")
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint",
+                                                                          str(tmp_path / "evil.pt")))))
+    assert "refused to load" in err and "weights_only=False" not in err and not (tmp_path / "pwned").exists()
+    # a model file in the resume state's place
+    main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
+    stem = tmp_path / "w" / "cifar10_vgg11_epochs1_batch_size8_subset16"
+    shutil.copy(f"{stem}.pt", f"{stem}.last.pt")
+    err = exit_2(capsys, lambda: main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0",
+                                                                   "--resume"))))
+    assert "is not a resume state" in err and "other settings" not in err
+    # "checkpoint not found" names the runs that are there
+    argv = [a for a in eval_args(cifar10_root, tmp_path) if a != "--no_bar"] + ["--weight_path", str(tmp_path / "w")]
+    err = exit_2(capsys, lambda: evaluate.main(evaluate.get_args(argv)))
+    assert "cifar10_vgg11_epochs1_batch_size8_subset16.pt" in err and "--checkpoint" in err
+    # evaluate.py prints the settings it uses: the checkpoint's
+    evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", f"{stem}.pt",
+                                              "--model_name", "vgg11")))
+    args_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("args:"))
+    assert json.loads(args_line[len("args: "):])["model_name"] == "vgg11"
+
+
+def test_a_failed_download_leaves_no_empty_folders(tmp_path):
+    with pytest.raises(UserError, match="could not be downloaded"):
+        load_dataset("cifar10", str(tmp_path / "new" / "data"), False)
+    assert not (tmp_path / "new" / "data").exists()

@@ -100,6 +100,24 @@ def positive_float(text: str) -> float:
     return value
 
 
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2^63 - 1] (what torch's generators take)."""
+    value = _number(text, int)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63 - 1], got {text}")
+    return value
+
+
+def accuracy_threshold(text: str) -> float:
+    """An accuracy (a fraction) to beat: finite and below 1 (a model beats it only with a higher accuracy; -1 lets
+    the first epoch through)."""
+    value = _number(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"is an accuracy fraction to beat and must be below 1 (no model would beat "
+                                         f"{text}, so nothing would be saved)")
+    return value
+
+
 def eps_255(text: str) -> float:
     """An L-inf budget in 1/255 units (8 means 8/255), in [0, 255]; a value in (0, 1) is taken for a fraction and
     refused."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import pickle
 import random
+import re
 import tempfile
 
 import torch
@@ -77,7 +79,13 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise UserError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, disallowed pickle content
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():  # well-formed, but holding Python objects beyond tensors and plain data
+            raise UserError(f"refused to load checkpoint {path}: it holds Python objects beyond tensors and plain "
+                            f"data, which could run code when loaded; use a file saved by this repository or a plain "
+                            f"state_dict") from None
+        raise UserError(f"cannot read checkpoint {path}: it is corrupt ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # truncated zip, not a torch file
         raise UserError(f"cannot read checkpoint {path}: it is corrupt or not a PyTorch checkpoint "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
@@ -141,6 +149,9 @@ class Checkpointer:
         select: ``'best'`` (the references' rule) or ``'last'`` (the latest epoch is written as the best file).
         best: the value to beat (the GSeM reference's ``--best_acc``).
         best_file: a starting best file (initial weights); never removed.
+        best_pattern: a regular expression of the best files' names (default: the fixed ``best_path``'s). A file is
+            removed only when it is the run's own: in the run's folder, named by this pattern, not ``best_file``;
+            the resume state names the best file relative to the run's folder.
 
     ``context`` (a dict, set by the method, e.g. ``{"reload": 2}``) is added to every record and stored in the
     resume state: a resume continues only the epochs of the same context. Under torchrun only rank 0 writes.
@@ -148,13 +159,17 @@ class Checkpointer:
 
     def __init__(self, last_path: str, log_path: str, args: dict, *, result_keys, best_path,
                  select_key: str = "val_acc", select: str = "best", best: float = -math.inf,
-                 best_file: str | None = None):
+                 best_file: str | None = None, best_pattern: str | None = None):
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
         self.last_path, self.args, self.best_path = last_path, args, best_path
         self.result_keys = list(result_keys)
         self.select_key, self.select = select_key, select
         self.best, self.best_file, self.keep = best, best_file, best_file
+        self.folder = os.path.dirname(os.path.abspath(last_path))
+        if best_pattern is None and callable(best_path):
+            raise ValueError("a best_path function needs best_pattern (the names it makes)")
+        self.best_pattern = best_pattern or re.escape(os.path.basename(best_path))
         self.context: dict = {}
         self.log = JsonLog(log_path, args)
         self._state = None
@@ -162,6 +177,23 @@ class Checkpointer:
     @property
     def history(self) -> list:
         return self.log.history
+
+    def owns(self, path: str | None) -> bool:
+        """Whether ``path`` is one of this run's best files (which the run may replace): in the run's folder, named by
+        the run's pattern, and not the starting weights."""
+        if not path or (self.keep and os.path.abspath(path) == os.path.abspath(self.keep)):
+            return False
+        return (os.path.dirname(os.path.abspath(path)) == self.folder
+                and re.fullmatch(self.best_pattern, os.path.basename(path)) is not None)
+
+    def _stored(self, path: str | None) -> str | None:
+        """The best file as the resume state names it: relative to the run's folder when it is the run's own."""
+        return os.path.basename(path) if self.owns(path) else path
+
+    def _resolved(self, name: str | None) -> str | None:
+        if name and not os.path.isabs(name) and os.sep not in name:
+            return os.path.join(self.folder, name)
+        return name
 
     def prepare(self, net, *, resume: bool, overwrite: bool) -> None:
         """Before any work: check that the output folders are writable and have room for the checkpoints of ``net``,
@@ -182,10 +214,10 @@ class Checkpointer:
         old_best = None
         if os.path.isfile(self.last_path):
             try:
-                old_best = load_checkpoint(self.last_path).get("best_file")
+                old_best = self._resolved(load_checkpoint(self.last_path).get("best_file"))
             except UserError:  # a corrupt resume state is replaced all the same
                 pass
-        for path in {*earlier, old_best} - {None, self.keep}:
+        for path in {*earlier, *([old_best] if self.owns(old_best) else [])} - {None, self.keep}:
             if os.path.isfile(path):
                 os.remove(path)
 
@@ -194,13 +226,17 @@ class Checkpointer:
         Returns the state, or None when there is none."""
         if self._state is None and os.path.isfile(self.last_path):
             state = load_checkpoint(self.last_path)
+            missing = [k for k in ("args", "optimizer", "scheduler", "history", "epoch") if k not in state]
+            if missing:
+                raise UserError(f"{self.last_path} is not a resume state (it has no {', '.join(missing)}): a model "
+                                f"file in the resume state's place? Move it away, or start over with --overwrite")
             changed = {k: (state["args"].get(k), self.args.get(k)) for k in self.result_keys
                        if state["args"].get(k) != self.args.get(k)}
             if changed:
                 detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 raise UserError(f"--resume: {self.last_path} was written with other settings ({detail})")
             self._state = state
-            self.best, self.best_file = state["best"], state.get("best_file")
+            self.best, self.best_file = state["best"], self._resolved(state.get("best_file"))
             self.log.history = list(state["history"])
         return self._state
 
@@ -221,27 +257,41 @@ class Checkpointer:
         return state["epoch"]
 
     def save(self, record: dict, net, optimizer, scheduler, generator=None) -> bool:
-        """Record an epoch (``best_<key>`` and the context are added to ``record``), write the best checkpoint if it
-        improved (or always, with ``select='last'``) and the resume state. Returns whether the key improved."""
+        """Record an epoch (``best_<key>`` and the context are added to ``record``): write the best checkpoint if it
+        improved (or always, with ``select='last'``), then the resume state, then remove the replaced best file,
+        then the JSON log, so the log never lists an epoch whose state is not on disk. Returns whether the key
+        improved. Raises UserError when a file cannot be written (a full disk): nothing of the epoch is kept."""
+        previous = (self.best, self.best_file)
         improved = record[self.select_key] > self.best
         self.best = max(self.best, record[self.select_key])
         record.update(self.context)
         record[f"best_{self.select_key}"] = self.best
         main = dist.is_main()
-        self.log.append(record, write=main)
+        self.log.history.append(record)
         model = {"format": FORMAT, "model": net.state_dict(), "model_spec": getattr(net, "model_spec", None),
-                 "args": self.args, "epoch": record["epoch"],
-                 "context": dict(self.context), "metrics": record}
+                 "args": self.args, "epoch": record["epoch"], "context": dict(self.context), "metrics": record}
+        path = self.best_file
         if self.select == "last" or improved:
             path = self.best_path(record) if callable(self.best_path) else self.best_path
-            if main:
-                atomic_save(model, path)  # the model alone: what evaluation and warm restarts read
-                old = self.best_file
-                if old and old != self.keep and os.path.abspath(old) != os.path.abspath(path) and os.path.isfile(old):
-                    os.remove(old)
-            self.best_file = path
-        state = {**model, "best": self.best, "best_file": self.best_file, "history": self.history,
+        state = {**model, "best": self.best, "best_file": self._stored(path), "history": self.history,
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(generator)}
+        try:
+            if main and (self.select == "last" or improved):
+                atomic_save(model, path)  # the model alone: what evaluation and warm restarts read
+            if main:
+                atomic_save(state, self.last_path)
+        except OSError as e:
+            self.log.history.pop()
+            self.best, self.best_file = previous
+            kept = f"the last good state is {self.last_path}" if self.history else "nothing was saved"
+            raise UserError(f"cannot write the state of epoch {record['epoch']} ({e.strerror or e}); {kept}") from None
+        old, self.best_file = previous[1], path
+        if main and self.owns(old) and os.path.abspath(old) != os.path.abspath(path) and os.path.isfile(old):
+            os.remove(old)
         if main:
-            atomic_save(state, self.last_path)
+            try:
+                self.log.append_written()
+            except OSError as e:
+                raise UserError(f"cannot write the log {self.log.path} ({e.strerror or e}); the state of epoch "
+                                f"{record['epoch']} is saved in {self.last_path}") from None
         return improved

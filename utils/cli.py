@@ -13,7 +13,7 @@ import os
 
 from models import canonical_name
 
-from .argtypes import flow_budget, nonneg_float, nonneg_int  # noqa: F401  (the scripts' flag types)
+from .argtypes import flow_budget, nonneg_float, nonneg_int, seed
 from .errors import UserError
 
 
@@ -56,7 +56,7 @@ def add_run_args(p: Parser) -> None:
                    help="dataset folder (torchvision layout or <data_path>/<data_name>/...); downloaded if missing")
     p.add_argument("--device", type=str, default="auto", result=False,
                    help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=seed, default=0, help="random seed")
     p.add_argument("--subset", type=nonneg_int, default=0,
                    help="use only the first N train and N test images (0 = all); for smoke runs")
     p.add_argument("--workers", type=nonneg_int, default=4, result=False, help="DataLoader worker processes")

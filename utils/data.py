@@ -155,8 +155,10 @@ def make_loaders(name: str, data_path: str, batch_size: int, train_transform, te
         train_loader = DataLoader(train_set, batch_size=batch_size // world, sampler=sampler, generator=gen, **common)
     else:
         train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=gen, **common)
+    # the test loader's workers draw their seed from a generator of their own, not from the global RNG (which drives
+    # FGR's random start, GSeM's noise and PGD's starts): a resumed process then draws exactly what the first did
     test_loader = DataLoader(test_set, batch_size=test_batch_size or batch_size, shuffle=False,
-                             persistent_workers=workers > 0, **common)
+                             persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed), **common)
     return train_loader, test_loader, gen
 
 

@@ -11,6 +11,8 @@ allows. Transforms and loaders are in ``utils.data``.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 from typing import NamedTuple
@@ -247,25 +249,50 @@ def load_dataset(name: str, data_path: str, train: bool, transform=None, downloa
     if root is None:
         if not download:
             raise UserError(_missing_message(name, data_path, "download disabled"))
+        existed = os.path.isdir(data_path)
         try:
             os.makedirs(data_path, exist_ok=True)
             _construct(info.cls, data_path, train, None, download=True)
         except Exception as e:  # no network, HTTP error, bad archive, unwritable folder
+            if not existed:  # leave no empty folders behind
+                for folder, _, _ in sorted(os.walk(data_path), key=lambda t: -len(t[0])):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(folder)  # only empty folders go
             raise UserError(_missing_message(name, data_path, f"{type(e).__name__}: {e}")) from None
         root = data_path
     if verify:
         verify_files(name, root, train)
     try:
-        return _construct(info.cls, root, train, transform, download=False)
+        dataset = _construct(info.cls, root, train, transform, download=False)
     except UserError:
         raise
     except Exception as e:  # truncated pickle, wrong array shape, unreadable .mat
         raise UserError(f"{name} files in {os.path.join(root, info.folder)} are corrupt or not in the official format "
                         f"({type(e).__name__}: {e}). Replace {', '.join(info.files)} with the official files."
                         ) from None
+    labels = torch.as_tensor(getattr(dataset, "targets", getattr(dataset, "labels", [])))
+    if labels.numel() and (labels.min() < 0 or labels.max() >= info.num_classes):
+        bad = labels[(labels < 0) | (labels >= info.num_classes)]
+        raise UserError(f"the {'training' if train else 'test'} labels of {name} in {os.path.join(root, info.folder)} "
+                        f"run outside 0..{info.num_classes - 1} ({bad.numel()} labels, e.g. {int(bad[0])}): the files "
+                        f"are not {name}'s; every such point would count as a miss")
+    return dataset
 
 
 def _construct(cls, root, train, transform, download):
     if cls is SVHN:
         return cls(root, split="train" if train else "test", transform=transform, download=download)
     return cls(root, train=train, transform=transform, download=download)
+
+
+def fingerprint(dataset) -> str:
+    """A short SHA-256 of the images and labels of ``dataset`` as stored (before any transform): results are keyed by
+    it, so an evaluation on other files never replaces rows computed on these."""
+    data = getattr(dataset, "data", None)
+    labels = getattr(dataset, "targets", getattr(dataset, "labels", None))
+    h = hashlib.sha256()
+    for part in (data, labels):
+        if part is not None:
+            arr = np.asarray(part.numpy() if torch.is_tensor(part) else part)
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]

@@ -32,7 +32,7 @@ from . import distributed as dist
 from .argtypes import positive_int
 from .checkpoint import load_model_state
 from .cli import add_bool
-from .datasets import load_dataset
+from .datasets import fingerprint, load_dataset
 from .eot import is_stochastic
 from .errors import UserError
 from .flow import flow_norms_pixels
@@ -96,11 +96,18 @@ def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, de
     return acc
 
 
+ALIASES = {"classifier_name": "model_name", "dataset_name": "data_name", "model_name": "classifier_name",
+           "data_name": "dataset_name"}
+
+
 def adopt_checkpoint_settings(args, ckpt: dict, given: set, keys) -> None:
     """The checkpoint is the source of truth: for each of ``keys`` (model name, dataset, normalisation, GSeM alpha
     and beta, ...) stored in the checkpoint's args, a flag given on the command line must agree (else UserError), and
     a flag not given takes the stored value. A bare state_dict (no args) leaves the flags as they are."""
-    stored = ckpt.get("args", {})
+    stored = dict(ckpt.get("args") or {})
+    for key, other in ALIASES.items():  # an FGR checkpoint evaluated by evaluate_gsem.py, or the other way round
+        if key not in stored and other in stored:
+            stored[key] = stored[other]
     for key in keys:
         if key not in stored:
             continue
@@ -145,6 +152,7 @@ def test_loader(dataset: str, data_path: str, transform, *, n: int = 0, batch_si
     n = min(n or len(test_set), len(test_set))
     shard = Subset(test_set, list(dist.shard(n)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=min(workers, os.cpu_count() or 1))
+    loader.data_sha256 = fingerprint(test_set)  # the result file is keyed by the test set it was computed on
     return loader, n, len(test_set)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +18,7 @@ from attacks.trades import TradesPGD
 from models import build_model, model_options
 
 from . import distributed as dist
-from .argtypes import eps_255, nonneg_float, nonneg_int, positive_float, positive_int
+from .argtypes import accuracy_threshold, eps_255, nonneg_float, nonneg_int, positive_float, positive_int
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
 from .cli import Parser, add_bool, add_run_args, add_speed_args, check_model_name, run_suffix
@@ -75,7 +76,7 @@ def add_gsem_train_args(p: Parser, loss: str = "mixed") -> None:
     p.add_argument("--model_save_path", type=str, default="adv_model", help="checkpoints go to <path>/<dataset>/",
                    result=False)
     p.add_argument("--model_load_path", type=str, default="", help="initial weights (default: train from scratch)")
-    p.add_argument("--best_acc", type=float, default=0.0,
+    p.add_argument("--best_acc", type=accuracy_threshold, default=0.0,
                    help="a checkpoint is written only when the selection accuracy (fraction) beats this")
     add_bool(p, "resume", False, "continue an interrupted run (any reload, any epoch)", result=False)
     add_bool(p, "overwrite", False, "replace an earlier run of the same name (without it, such a run is refused)",
@@ -209,7 +210,8 @@ def run_gsem_training(args, method: str, p: Parser, *, awp: bool = False) -> dic
     stem = os.path.join(args.model_save_path, args.dataset_name, run_name(args, method, p))
     ckpt = Checkpointer(f"{stem}.last.pt", f"{stem}.log.json", vars(args), result_keys=p.result_flags(),
                         best_path=lambda record: f"{stem}_{record['test_acc']}.pt", select_key="test_acc",
-                        best=args.best_acc, best_file=args.model_load_path or None)
+                        best=args.best_acc, best_file=args.model_load_path or None,
+                        best_pattern=re.escape(os.path.basename(stem)) + r"_[-+0-9.eE]+\.pt")
     state = ckpt.load_last() if args.resume else None
     first = state.get("context", {}).get("reload", 0) if state else 0
     if ckpt.best_file and not os.path.isfile(ckpt.best_file):

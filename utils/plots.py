@@ -101,7 +101,8 @@ def budget_curves(records: list[dict]) -> dict:
         for label, row in rec["attacks"].items():
             at = row.get("deformation", {}).get("acc_at_budget_px")
             if at:
-                panels.setdefault(f"{label}: T-norm budget (px)", {})[run] = [(float(b), 100 * a) for b, a in at.items()]
+                curve = [(float(b), 100 * a) for b, a in at.items()]
+                panels.setdefault(f"{label}: T-norm budget (px)", {})[run] = curve
                 continue
             spec = ATTACKS.get(row.get("attack"))
             if spec is None or spec.budget is None or len(spec.budget.knobs) != 1 or "settings" not in row:

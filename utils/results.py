@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 
@@ -95,7 +96,11 @@ class JsonLog:
         """Add an epoch record; rewrite the file when ``write`` (rank 0 under torchrun)."""
         self.history.append(record)
         if write:
-            write_json(self.path, {"args": self.args, "epochs": self.history})
+            self.append_written()
+
+    def append_written(self) -> None:
+        """Rewrite the file with the records held (after the caller saved the state they describe)."""
+        write_json(self.path, {"args": self.args, "epochs": self.history})
 
 
 @contextlib.contextmanager
@@ -113,7 +118,8 @@ def _locked(path: str):
 
 
 def _read(path: str):
-    """The record at ``path``: None when there is none, ``{}`` when it cannot be read as a record."""
+    """The record at ``path``: None when there is none, ``{}`` when it cannot be read as a record (not JSON, not an
+    object, rows that are not an object of objects)."""
     if not os.path.isfile(path):
         return None
     try:
@@ -121,7 +127,22 @@ def _read(path: str):
             old = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    return old if isinstance(old, dict) else {}
+    if not isinstance(old, dict):
+        return {}
+    rows = old.get("rows", {})
+    if not isinstance(rows, dict) or not all(isinstance(r, dict) for r in rows.values()):
+        return {}
+    return old
+
+
+def _data(record: dict):
+    data = record.get("data")
+    return data.get("sha256") if isinstance(data, dict) else None
+
+
+def _same_source(old: dict, record: dict) -> bool:
+    """The same checkpoint evaluated on the same data (files of the earlier layout carry no data key)."""
+    return old.get("checkpoint_sha256") == record["checkpoint_sha256"] and _data(old) == _data(record)
 
 
 class ResultFile:
@@ -130,8 +151,9 @@ class ResultFile:
     rows into the rows on disk (a run replaces only rows it computed itself: same attack, same settings) and writes
     atomically, so evaluations of one checkpoint running in parallel keep every row.
 
-    A file of another checkpoint (another SHA-256: it was retrained), of the earlier layout, or unreadable is moved
-    aside to ``<stem>.<reason>.json`` first, never overwritten.
+    A file of another checkpoint (another SHA-256: it was retrained), of this checkpoint on other data (another
+    fingerprint of the test images and labels), of the earlier layout, or unreadable is moved aside to
+    ``<stem>.<reason>.json`` first, never overwritten.
 
     Args:
         path: the ``.json`` path.
@@ -156,15 +178,19 @@ class ResultFile:
             old = _read(path)
             if old is None:
                 return
-            if old.get("format") == FORMAT and old.get("checkpoint_sha256") == record["checkpoint_sha256"]:
+            if old.get("format") == FORMAT and _same_source(old, record):
                 self.earlier = dict(old.get("rows", {}))
                 return
             if old.get("format") != FORMAT and old:
                 why, reason = "format1", "results in the earlier layout"
+            elif old and old.get("checkpoint_sha256") == record["checkpoint_sha256"]:
+                why = "data_" + re.sub(r"[^0-9A-Za-z]", "_", str(_data(old) or "unknown"))[:64]
+                reason = "results of this checkpoint on other data (another --data_path or test set)"
             elif old:
-                why, reason = old.get("checkpoint_sha256") or "unknown", "results of another checkpoint"
+                why = re.sub(r"[^0-9A-Za-z]", "_", str(old.get("checkpoint_sha256") or "unknown"))[:64]
+                reason = "results of another checkpoint"
             else:
-                why, reason = "unreadable", "no readable results"
+                why, reason = "unreadable", "no readable results (not a JSON object of rows)"
             stem = os.path.splitext(path)[0]
             aside = f"{stem}.{why}.json"
             os.replace(path, aside)
@@ -189,9 +215,18 @@ class ResultFile:
             return md
         with _locked(self.path):
             old = _read(self.path) or {}
-            if old.get("checkpoint_sha256") != self.record["checkpoint_sha256"] or old.get("format") != FORMAT:
+            if not _same_source(old, self.record) or old.get("format") != FORMAT:
                 old = {}
             self.record["rows"] = {**old.get("rows", {}), **{k: self.rows[k] for k in self.mine}}
             if self.merge is not None:
                 self.merge(old, self.record)
-            return write_result(self.path, self.record, table(self.record))
+            try:
+                return write_result(self.path, self.record, table(self.record))
+            except OSError as e:  # a full or vanished disk: the finished rows must survive somewhere
+                rescue = os.path.join(tempfile.gettempdir(), os.path.basename(self.path))
+                try:
+                    write_json(rescue, self.record)
+                    where = f"the finished rows are in {rescue}"
+                except OSError:
+                    where = "the finished rows could not be saved in the temporary folder either"
+                raise UserError(f"cannot write {self.path} ({e.strerror or e}); {where}") from None

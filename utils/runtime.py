@@ -36,9 +36,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(args):
+def start_run(args, print_args: bool = True):
     """What every script does first: resolve the device, join the process group under torchrun, print the full args
-    (rank 0), seed.
+    (rank 0; ``print_args=False`` for a script that first adopts a checkpoint's settings and prints them then, with
+    :func:`show_args`), seed.
 
     Returns:
         ``(device, say)``: the device, and a ``print`` that only rank 0 executes (flushed).
@@ -47,9 +48,15 @@ def start_run(args):
     dist.init(device.type)
     device = dist.local_device(device)
     say = functools.partial(print, flush=True) if dist.is_main() else (lambda *a, **k: None)
-    say("args:", json.dumps(vars(args), sort_keys=True))
+    if print_args:
+        show_args(say, args)
     seed_everything(args.seed)
     return device, say
+
+
+def show_args(say, args) -> None:
+    """The full args in one line (the first line of every run's output)."""
+    say("args:", json.dumps(vars(args), sort_keys=True))
 
 
 def fast_path(model, device, *, channels_last=None, amp=False, double_backward=False):

@@ -6,7 +6,8 @@ One row per run (dataset, model, method, and lambda or alpha/beta; runs that dif
 mean ± std over them), one column per attack row label (``flow``, ``flow [flow_steps=1]``, ``PGD500``, ...) after
 the clean accuracy, in %; a minimum-deformation attack (stAdv, ADef without a cap) adds its robust accuracy at each
 deformation budget (``adef @1px``, %) and its median minimal deformation (``adef median px``, pixels of T-norm; inf
-where most points were never fooled), which rank models where its plain accuracy is 0 for all. Where the authors' numbers are known (FGR, CIFAR-10, VGG-11, lambda 0/100/200/300: their
+where most points were never fooled), which rank models where its plain accuracy is 0 for all.
+Where the authors' numbers are known (FGR, CIFAR-10, VGG-11, lambda 0/100/200/300: their
 result files) they stand beside ours. The table is printed and written to ``--out`` (default
 ``<result_path>/table.<md|tex|csv>``).
 """

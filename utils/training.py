@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as dist
 from .eot import eot_backward
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .precision import autocast
 
 BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
@@ -199,6 +199,12 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         except Diverged as e:
             kept = f"the last good state is {checkpointer.last_path}" if checkpointer.history else "nothing was saved"
             raise Diverged(f"{e}. Likely cause: {hint}. The model is not saved: {kept}.") from None
+        except KeyboardInterrupt:
+            done = len(checkpointer.history)
+            raise Interrupted(f"interrupted in epoch {epoch + 1}: " + (
+                f"{done} finished epoch{'s' if done > 1 else ''} saved in {checkpointer.last_path}; run the same "
+                f"command with --resume to continue" if done else "no epoch had finished, nothing was saved; run the "
+                "same command again to start")) from None
         scheduler.step()
         metrics = evaluate_fn()
         record = {"epoch": epoch + 1, "lr": lr, **{f"train_{k}": v for k, v in stats.items()}, **metrics}

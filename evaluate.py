@@ -120,6 +120,9 @@ def main(args):
         deform = row.get("deformation", {}).get("tnorm_px", {}).get("median", "absent")
         note = "" if deform == "absent" else \
             f"; median T-norm of successful flows {'-' if deform is None else f'{deform:.3f} px'}"
+        at = row.get("deformation", {}).get("acc_at_budget_px")
+        if at:
+            note += "; accuracy at " + ", ".join(f"{b} px {100 * a:.1f}%" for b, a in at.items())
         say(f"adv   - acc: {row['acc']:.4f}  ({row['label']}: {100 * row['success_rate']:.1f}% success, "
             f"{row['n_success']} of {row['n_clean_correct']} correctly classified points fooled{note})")
 

@@ -154,3 +154,18 @@ def test_igr_at_the_strength_of_fgr_is_measured_printed_and_recorded(cifar10_roo
     with pytest.raises(SystemExit):
         main.main(main.get_args(common + ["--igr_match_fgr", "300"]))  # only with --reg igr
     assert "use it with --reg igr" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_demonstration_runs_end_to_end(tmp_path):
+    """benchmarks/deformation_demo.py as a smoke run: five models, every deformation attack, the table, the figure."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+    import deformation_demo
+
+    out = deformation_demo.main(["--epochs", "1", "--n", "8", "--no_bar", "--out", str(tmp_path)])
+    assert len(out["paths"]) == 5 and all(os.path.isfile(p) for p in out["paths"].values())
+    assert out["table"].count("| digits | smallcnn |") == 5 and "stadv-ref" in out["table"]
+    assert os.path.getsize(out["figure"][0]) > 10_000

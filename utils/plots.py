@@ -82,10 +82,16 @@ def plot(records: list[dict], out: str, reference: bool = False) -> list[str]:
         ax.set_ylabel("adversarial accuracy (%)")
         ax.set_title(attack)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    stem = os.path.splitext(out)[0]
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    return save(fig, os.path.splitext(out)[0])
+
+
+def save(fig, stem: str) -> list[str]:
+    """Write ``fig`` as ``<stem>.png`` and ``<stem>.pdf`` (folders made as needed) and close it."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     paths = [stem + ".png", stem + ".pdf"]
+    fig.tight_layout()
     for p in paths:
         fig.savefig(p, dpi=150)
     plt.close(fig)
@@ -139,14 +145,7 @@ def plot_budgets(records: list[dict], out: str) -> list[str]:
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    stem = os.path.splitext(out)[0] + "_budgets"
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    paths = [stem + ".png", stem + ".pdf"]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    plt.close(fig)
-    return paths
+    return save(fig, os.path.splitext(out)[0] + "_budgets")
 
 
 def main(argv=None):

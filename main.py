@@ -38,7 +38,7 @@ def parser() -> Parser:
     p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
-    p.add_argument("--milestones", type=int, nargs="+", default=[40, 60],
+    p.add_argument("--milestones", type=positive_int, nargs="+", default=[40, 60],
                    help="epochs at which lr is multiplied by 0.1")
     p.add_argument("--sampler", type=str, default="auto", choices=["auto", "native", "gather"],
                    help="bilinear sampler of the FGR penalty: native grid_sample (fast) or the reference's gather "

@@ -60,7 +60,8 @@ def main(argv=None):
     weights, results = os.path.join(args.out, "weights"), os.path.join(args.out, "results")
     common = ["--data_name", "digits", "--model_name", "smallcnn", "--weight_path", weights, "--workers", "0"]
     common += ["--no_bar"] if args.no_bar else []
-    schedule = ["--epochs", str(args.epochs), "--milestones", str(args.epochs // 2), str(3 * args.epochs // 4)]
+    schedule = ["--epochs", str(args.epochs), "--milestones", str(max(1, args.epochs // 2)),
+                str(max(1, 3 * args.epochs // 4))]
     t0, paths = time.time(), {}
     for name, flags in RUNS.items():
         extra = ["--igr_match_on", paths["fgr"]] if name == "igr" else []

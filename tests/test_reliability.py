@@ -470,4 +470,4 @@ def test_messages_say_what_happened(cifar10_root, tmp_path, capsys):
 def test_a_failed_download_leaves_no_empty_folders(tmp_path):
     with pytest.raises(UserError, match="could not be downloaded"):
         load_dataset("cifar10", str(tmp_path / "new" / "data"), False)
-    assert not (tmp_path / "new" / "data").exists()
+    assert not (tmp_path / "new").exists()

@@ -13,7 +13,7 @@ import os
 
 from models import canonical_name
 
-from .argtypes import flow_budget, nonneg_float, nonneg_int, seed
+from .argtypes import flow_budget, nonneg_float, nonneg_int, positive_int, seed
 from .errors import UserError
 
 
@@ -99,7 +99,7 @@ def add_fgr_model_args(p: Parser) -> list[str]:
                         "applied at the adversarially deformed input)")
     p.add_argument("--adv_eps", type=flow_budget, default=0.01,
                    help="training attack flow budget, normalised units (0.01 = 0.155 px at 32x32)")
-    p.add_argument("--adv_steps", type=int, default=7, help="training attack steps (step adv_eps/adv_steps)")
+    p.add_argument("--adv_steps", type=positive_int, default=7, help="training attack steps (step adv_eps/adv_steps)")
     p.add_argument("--weight_path", type=str, default="./weights", help="folder of checkpoints", result=False)
     p.add_argument("--result_path", type=str, default="./results", help="folder of result JSON files", result=False)
     return [a.dest for a in p._actions if a.dest not in before and a.dest not in p.free]

@@ -249,13 +249,16 @@ def load_dataset(name: str, data_path: str, train: bool, transform=None, downloa
     if root is None:
         if not download:
             raise UserError(_missing_message(name, data_path, "download disabled"))
+        created = os.path.abspath(data_path)  # the topmost folder this call creates: removed again if left empty
+        while not os.path.isdir(os.path.dirname(created)):
+            created = os.path.dirname(created)
         existed = os.path.isdir(data_path)
         try:
             os.makedirs(data_path, exist_ok=True)
             _construct(info.cls, data_path, train, None, download=True)
         except Exception as e:  # no network, HTTP error, bad archive, unwritable folder
             if not existed:  # leave no empty folders behind
-                for folder, _, _ in sorted(os.walk(data_path), key=lambda t: -len(t[0])):
+                for folder, _, _ in sorted(os.walk(created), key=lambda t: -len(t[0])):
                     with contextlib.suppress(OSError):
                         os.rmdir(folder)  # only empty folders go
             raise UserError(_missing_message(name, data_path, f"{type(e).__name__}: {e}")) from None

@@ -29,7 +29,7 @@ from attacks.registry import sweep
 from models import build_from_spec, build_model
 
 from . import distributed as dist
-from .argtypes import positive_int
+from .argtypes import positive_float, positive_int
 from .checkpoint import load_model_state
 from .cli import add_bool
 from .datasets import fingerprint, load_dataset
@@ -171,7 +171,7 @@ def add_eval_args(p, *, attacks: list[str], batch_size: int) -> None:
     p.add_argument("--eot_batch", type=positive_int, default=None,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     add_bool(p, "resume", False, "skip attacks already in the result file for this checkpoint and these settings")
-    p.add_argument("--budgets", type=float, nargs="+", default=DEFAULT_BUDGETS_PX,
+    p.add_argument("--budgets", type=positive_float, nargs="+", default=DEFAULT_BUDGETS_PX,
                    help="deformation budgets (T-norm, px) at which the rows of minimum-deformation attacks report "
                         "robust accuracy")
     add_attack_args(p)

@@ -50,7 +50,7 @@ def add_gsem_train_args(p: Parser, loss: str = "mixed") -> None:
     p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=nonneg_float, default=3.5e-3, help="SGD weight decay")
-    p.add_argument("--milestones", type=int, nargs="+", default=[60, 110], help="lr x0.1 at these epochs")
+    p.add_argument("--milestones", type=positive_int, nargs="+", default=[60, 110], help="lr x0.1 at these epochs")
     p.add_argument("--epochs", type=positive_int, default=150, help="epochs per reload")
     p.add_argument("--reload", type=positive_int, default=5,
                    help="number of runs of --epochs epochs; each after the first restarts from the best checkpoint "

@@ -43,7 +43,7 @@ RUNS = {  # name -> main.py flags
 ATTACKS = [["flow", "--flow_eps", "0.01", "0.02", "0.05"], ["flow-rs", "--flow_eps", "0.02"], ["stadv"],
            ["stadv-ref"], ["adef"], ["adef", "--adef_max_norm", "1"], ["rt-grid"]]
 # the columns of the docs' table (every column is in <out>/results/table.md)
-COLUMNS = [r"flow.*", r"rt-grid.*", r"stadv(-ref)?( \[n=\d+\])?( @(0\.5|1)px| median px)?",
+COLUMNS = [r"flow.*", r"rt-grid.*", r"stadv(-ref)?( \[[^\]]*\])?( @(0\.5|1)px| median px)?",
            r"adef.*( @(0\.5|1)px| median px)", r"adef \[adef_max_norm=1.*"]
 
 

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import os
 
-import torch
-
-from utils.checkpoint import file_sha256, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name
 from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              masking_checks, run_attacks, test_loader)
+                              masking_checks, record_header, run_attacks, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -106,12 +104,8 @@ def main(args):
     loader, n, n_total = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
     stem = os.path.splitext(os.path.basename(path))[0]
-    record = {"script": "evaluate.py", "name": stem, "val_acc": None, "val_n": n, "adv_acc": None,
-              "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
-              "model_spec": getattr(model, "model_spec", None),
-              "data": {"name": args.data_name, "n": n, "sha256": loader.data_sha256},
-              "trained_epochs": ckpt.get("epoch"), "train_args": ckpt.get("args"), "device": str(device),
-              "torch": torch.__version__, "args": vars(args)}
+    record = record_header("evaluate.py", path, ckpt, model, args.data_name, loader, n, device, args, name=stem,
+                           val_acc=None, val_n=n, adv_acc=None, trained_epochs=ckpt.get("epoch"))
     results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, say, merge=reference_keys)
 
     def line(attack, row):

@@ -20,13 +20,13 @@ from torchvision import transforms
 from attacks import AttackConfig
 from models import model_options
 from utils.argtypes import nonneg_int, positive_int
-from utils.checkpoint import file_sha256, load_checkpoint
+from utils.checkpoint import load_checkpoint
 from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit_flags
 from utils.datasets import num_channels, num_classes
 from utils.data import fgr_transforms
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              masking_checks, run_attacks, sanity_checks, test_loader)
+                              masking_checks, record_header, run_attacks, sanity_checks, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -119,12 +119,11 @@ def main(args):
     loader, n, n_total = test_loader(args.dataset_name, args.data_path, test_tf, n=args.n_examples,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
     stem = os.path.splitext(os.path.basename(args.model_load_path))[0]
-    record = {"script": "evaluate_gsem.py", "model": args.classifier_name, "dataset_name": args.dataset_name,
-              "alpha": args.alpha, "beta": args.beta, "checkpoint": os.path.abspath(args.model_load_path),
-              "checkpoint_sha256": file_sha256(args.model_load_path), "model_spec": getattr(model, "model_spec", None),
-              "data": {"name": args.dataset_name, "n": n, "sha256": loader.data_sha256}, "device": str(device),
-              "torch": torch.__version__,
-              "train_args": ckpt.get("args"), "args": vars(args), "warnings": []}
+    gsem = "alpha" in takes  # alpha and beta only for a model that has them (not a plain ResNet-18 or VGG)
+    record = record_header("evaluate_gsem.py", args.model_load_path, ckpt, model, args.dataset_name, loader, n,
+                           device, args,
+                           model=args.classifier_name, dataset_name=args.dataset_name,
+                           alpha=args.alpha if gsem else None, beta=args.beta if gsem else None)
     results = ResultFile(os.path.join(args.result_path, f"{stem}_{args.dataset_name}_eval.json"), record, say)
 
     def line(name, row):

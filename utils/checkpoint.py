@@ -283,6 +283,8 @@ class Checkpointer:
         except OSError as e:
             self.log.history.pop()
             self.best, self.best_file = previous
+            if main and path != previous[1] and self.owns(path) and os.path.isfile(path):
+                os.remove(path)  # a new best file that no saved state names
             kept = f"the last good state is {self.last_path}" if self.history else "nothing was saved"
             raise UserError(f"cannot write the state of epoch {record['epoch']} ({e.strerror or e}); {kept}") from None
         old, self.best_file = previous[1], path
@@ -290,7 +292,7 @@ class Checkpointer:
             os.remove(old)
         if main:
             try:
-                self.log.append_written()
+                self.log.write()
             except OSError as e:
                 raise UserError(f"cannot write the log {self.log.path} ({e.strerror or e}); the state of epoch "
                                 f"{record['epoch']} is saved in {self.last_path}") from None

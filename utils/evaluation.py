@@ -30,7 +30,7 @@ from models import build_from_spec, build_model
 
 from . import distributed as dist
 from .argtypes import positive_float, positive_int
-from .checkpoint import load_model_state
+from .checkpoint import file_sha256, load_model_state
 from .cli import add_bool
 from .datasets import fingerprint, load_dataset
 from .eot import is_stochastic
@@ -156,12 +156,24 @@ def test_loader(dataset: str, data_path: str, transform, *, n: int = 0, batch_si
     return loader, n, len(test_set)
 
 
+def record_header(script: str, path: str, ckpt: dict, net, data_name: str, loader, n: int, device, args,
+                  **extra) -> dict:
+    """The header both evaluate scripts write: what was evaluated (checkpoint path and SHA-256, the model's spec,
+    the test data's name, size and fingerprint), where and with what (device, torch, the run's args and the
+    checkpoint's training args), plus the script's own keys ``extra``."""
+    return {"script": script, **extra, "checkpoint": os.path.abspath(path), "checkpoint_sha256": file_sha256(path),
+            "model_spec": getattr(net, "model_spec", None),
+            "data": {"name": data_name, "n": n, "sha256": loader.data_sha256},
+            "device": str(device), "torch": torch.__version__, "train_args": ckpt.get("args"), "args": vars(args),
+            "warnings": []}
+
+
 def add_eval_args(p, *, attacks: list[str], batch_size: int) -> None:
     """The flags of the shared pipeline (both evaluate scripts): ``--attacks`` (default ``attacks``), every attack
     knob of the registry, noise draws, precision, speed and resume."""
     p.add_argument("--attacks", type=str, nargs="+", default=attacks,
-                   help=f"attacks to run, in order: Clean (the clean accuracy's line) or any registered attack: "
-                        f"{' '.join(list_attacks())}")
+                   help="attacks to run, in order: Clean (the clean accuracy's line) or any registered attack: "
+                        + "; ".join(f"{name}: {spec.summary}" for name, spec in ATTACKS.items()))
     p.add_argument("--batch_size", type=positive_int, default=batch_size, help="evaluation batch size")
     p.add_argument("--repeat", type=positive_int, default=1,
                    help="R noise draws per attack; the first is the headline (as the references), mean +- std reported")

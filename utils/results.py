@@ -3,7 +3,7 @@
 - :class:`ResultFile` is one checkpoint's evaluation results: rows merged at write time under a lock, so any number
   of evaluations of one checkpoint running at once keep every row;
 - :func:`write_result` writes a record as ``<stem>.json`` and a markdown table beside it as ``<stem>.md``;
-- :class:`JsonLog` is a training run's log: its args and one record per epoch, rewritten after each epoch.
+- :class:`JsonLog` is a training run's log: its args and one record per epoch, rewritten after each saved epoch.
 """
 from __future__ import annotations
 
@@ -92,14 +92,8 @@ class JsonLog:
     def __init__(self, path: str, args: dict, history: list | None = None):
         self.path, self.args, self.history = path, args, list(history or [])
 
-    def append(self, record: dict, write: bool = True) -> None:
-        """Add an epoch record; rewrite the file when ``write`` (rank 0 under torchrun)."""
-        self.history.append(record)
-        if write:
-            self.append_written()
-
-    def append_written(self) -> None:
-        """Rewrite the file with the records held (after the caller saved the state they describe)."""
+    def write(self) -> None:
+        """Rewrite the file with the records of ``history`` (after the caller saved the state they describe)."""
         write_json(self.path, {"args": self.args, "epochs": self.history})
 
 

@@ -41,7 +41,8 @@ def _fgr_run(a: dict) -> dict:
 def _gsem_run(record: dict) -> dict:
     a = record.get("train_args") or {}
     return {"dataset": record.get("dataset_name"), "model": record["model"], "method": a.get("method", "?"),
-            "setting": f"α={record.get('alpha')}, β={record.get('beta')}", "seed": a.get("seed", 0)}
+            "setting": f"α={record['alpha']}, β={record['beta']}" if record.get("alpha") is not None else "",
+            "seed": a.get("seed", 0)}
 
 
 def run_of(record: dict) -> tuple[dict, dict] | None:

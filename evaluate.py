@@ -96,6 +96,9 @@ def main(args):
     ckpt = load_checkpoint(path)
     adopt_checkpoint_settings(args, ckpt, set(args.explicit), ("model_name", "data_name", "normalize", "augment"))
     show_args(say, args)  # after adopting the checkpoint's settings: what this run uses
+    if ckpt.get("finished") is False:
+        say(f"note: {path} is from epoch {ckpt.get('epoch')} of a run of {ckpt.get('epochs')} epochs that has not "
+            f"finished (interrupted, or still running; --resume continues it)")
     n_classes, channels = num_classes(args.data_name), num_channels(args.data_name)
     model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device,
                                 normalize=dataset_stats(args.data_name) if args.normalize else None,
@@ -105,7 +108,8 @@ def main(args):
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)
     stem = os.path.splitext(os.path.basename(path))[0]
     record = record_header("evaluate.py", path, ckpt, model, args.data_name, loader, n, device, args, name=stem,
-                           val_acc=None, val_n=n, adv_acc=None, trained_epochs=ckpt.get("epoch"))
+                           val_acc=None, val_n=n, adv_acc=None, trained_epochs=ckpt.get("epoch"),
+                           **({"finished": ckpt["finished"]} if "finished" in ckpt else {}))
     results = ResultFile(os.path.join(args.result_path, f"{stem}.json"), record, say, merge=reference_keys)
 
     def line(attack, row):

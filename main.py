@@ -9,7 +9,6 @@ gradient regularization), --adv_train flow (adversarial deformation training, al
 from __future__ import annotations
 
 import copy
-import functools
 import os
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from attacks import FlowAttack
 from models import build_model
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
-from utils.argtypes import nonneg_float, positive_float, positive_int
+from utils.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
 from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
 from utils.datasets import dataset_stats, num_channels, num_classes
@@ -43,6 +42,12 @@ def parser() -> Parser:
     p.add_argument("--sampler", type=str, default="auto", choices=["auto", "native", "gather"],
                    help="bilinear sampler of the FGR penalty: native grid_sample (fast) or the reference's gather "
                         "sampler; auto = native where its double backward works")
+    p.add_argument("--fgr_lamb_ref_batch", type=nonneg_int, default=0,
+                   help="hold lambda's per-example weight fixed across batch sizes: apply lambda x (B / this)^2, so "
+                        "--fgr_lamb means what it means at this batch (128: the reference's); 0 = lambda as given")
+    p.add_argument("--fgr_warmup", type=nonneg_int, default=0,
+                   help="epochs over which lambda ramps linearly from 0 (epoch 1 plain) to its value (0 = the "
+                        "reference: full lambda from the first step, which collapses to a flat network on short runs)")
     p.add_argument("--select", type=str, default="best", choices=["best", "last"],
                    help="checkpoint kept under the run name: best clean test accuracy (reference) or last epoch")
     add_bool(p, "amp", False, "bf16 autocast where the device has native bf16 (CUDA, AMX/AVX512-BF16 CPUs); the "
@@ -70,6 +75,51 @@ def get_args(argv=None):
 
 
 MATCH_BATCHES = 8
+REFERENCE_BATCH = 128
+
+
+def applied_lambda(args) -> float:
+    """The lambda multiplying R at this run's batch size: ``--fgr_lamb``, times (B / ref)^2 under
+    ``--fgr_lamb_ref_batch ref``. CE is a batch mean, so the flow gradient of example b is grad l_b / B and
+    CE + lambda R = (1/B) sum_b [l_b + (lambda / B^2) ||grad_n l_b||^2]: the penalty's weight per example, relative to
+    its CE, is lambda / B^2, which (B / ref)^2 keeps at lambda / ref^2 (docs/fgr.md#lambda-and-the-batch-size)."""
+    if args.fgr_lamb_ref_batch:
+        return args.fgr_lamb * (args.batch_size / args.fgr_lamb_ref_batch) ** 2
+    return args.fgr_lamb
+
+
+def lambda_statement(args) -> str | None:
+    """One line saying what lambda weighs at the reference batch 128, when that differs from ``--fgr_lamb``."""
+    lamb = applied_lambda(args)
+    at_ref = lamb * (REFERENCE_BATCH / args.batch_size) ** 2
+    if lamb <= 0 or (at_ref == args.fgr_lamb and lamb == args.fgr_lamb):
+        return None
+    how = (f"--fgr_lamb {args.fgr_lamb:g} at --fgr_lamb_ref_batch {args.fgr_lamb_ref_batch} is applied as "
+           f"{lamb:.4g} at batch {args.batch_size}" if args.fgr_lamb_ref_batch else
+           f"lambda {lamb:g} at batch {args.batch_size}")
+    return (f"lambda: {how}, which weighs the penalty per example as lambda {at_ref:.4g} at the reference's batch "
+            f"{REFERENCE_BATCH} (R scales as 1/B^2; --fgr_lamb_ref_batch {REFERENCE_BATCH} holds it fixed)")
+
+
+def lambda_at(args, epoch: int) -> float:
+    """lambda in ``epoch`` (1-indexed): :func:`applied_lambda`, ramped linearly from 0 over ``--fgr_warmup`` epochs
+    (epoch 1 plain, full from epoch warmup + 1)."""
+    lamb = applied_lambda(args)
+    return lamb * min(1.0, (epoch - 1) / args.fgr_warmup) if args.fgr_warmup else lamb
+
+
+def flat_network_warning(history: list, num_classes: int) -> str | None:
+    """A warning when training accuracy is still near chance while the penalty shrinks: the network is becoming flat
+    (near-constant outputs have a small flow gradient), a silent wrong result."""
+    if len(history) < 2 or "train_reg" not in history[-1] or "train_reg" not in history[-2]:
+        return None
+    last, before = history[-1], history[-2]["train_reg"]
+    if last["train_acc"] > 2.0 / num_classes or not 0 < last["train_reg"] < before:
+        return None
+    return (f"warning: training accuracy {100 * last['train_acc']:.1f}% is near chance ({100 / num_classes:.0f}%) "
+            f"while the penalty R fell from {before:.3g} to {last['train_reg']:.3g}: FGR is flattening the network, "
+            f"not training it. Use --fgr_warmup, a smaller lambda, or more epochs "
+            f"(docs/fgr.md#when-fgr-does-not-train)")
 
 
 def match_igr_to_fgr(args, model, loader, gen, device, say) -> None:
@@ -99,6 +149,10 @@ def main(args):
     args.model_name = check_model_name(args.model_name)
     if args.compile and args.fgr_lamb > 0:
         raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
+    args.fgr_lamb_applied = applied_lambda(args)  # recorded with the run (the checkpoint's args)
+    statement = lambda_statement(args)
+    if statement:
+        print(statement, flush=True)  # first line, before the args
     device, say = start_run(args)
     n_cls = num_classes(args.data_name)
     on_device = args.device_data if args.device_data is not None else device.type == "cuda"
@@ -122,23 +176,28 @@ def main(args):
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=args.milestones, gamma=0.1)
     if args.igr_match_fgr > 0:
         match_igr_to_fgr(args, model, train_loader, gen, device, say)
-    loss_fn = functools.partial(gradient_regularized, reg=args.reg, lamb=args.fgr_lamb, rs_sigma=args.rs_sigma,
-                                sampler=args.sampler)
+        args.fgr_lamb_applied = applied_lambda(args)
+        if lambda_statement(args):
+            say(lambda_statement(args))
+
+    def loss_fn(net, x_in, y, x):  # lambda of the current epoch (the warm-up reads step.epoch, set by fit)
+        return gradient_regularized(net, x_in, y, x, reg=args.reg, lamb=lambda_at(args, step.epoch),
+                                    rs_sigma=args.rs_sigma, sampler=args.sampler)
+
     attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None
     step = TrainStep(train_model, optimizer, loss_fn, make_input=attack, amp=args.amp, device=device)
     p = parser()
     name = fgr_run_name(args, vars(p.parse_args([])), p.result_flags())
     path = os.path.join(args.weight_path, name)
     checkpointer = Checkpointer(f"{path}.last.pt", f"{path}.log.json", vars(args), result_keys=p.result_flags(),
-                                best_path=f"{path}.pt", select_key="val_acc", select=args.select)
+                                best_path=f"{path}.pt", select_key="val_acc", select=args.select,
+                                total_epochs=args.epochs)
     checkpointer.prepare(model, resume=args.resume, overwrite=args.overwrite)
     say(f"run {name}: {sum(p.numel() for p in model.parameters()):,} parameters, device {device}")
-    if args.fgr_lamb > 0 and args.batch_size != 128:
-        say(f"warning: R scales as 1/B^2 per example, so lambda {args.fgr_lamb:g} at batch {args.batch_size} weighs "
-            f"the penalty like lambda {args.fgr_lamb * (128 / args.batch_size) ** 2:g} at the reference's batch 128")
     fit(step, train_loader, scheduler,
         lambda: {"val_acc": evaluate(model, test_loader, device, bar=args.bar, desc="val")["clean"]},  # fraction
         checkpointer, epochs=args.epochs, generator=gen, resume=args.resume, bar=args.bar, log=say,
+        check=lambda history: flat_network_warning(history, n_cls) if args.fgr_lamb > 0 else None,
         hint="lambda too large for the batch size (R scales as 1/B^2 per example; the reference tuned lambda at "
              "batch 128), or --lr too high")
     say(f"saved {path}.pt")

@@ -4,6 +4,7 @@ strength; on real digits where it matters."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,7 @@ import evaluate
 import main
 from attacks import AttackConfig, build_attack
 from attacks.spatial import rigid_flow
-from attacks.stadv import diagonal_smoothness
+from attacks.stadv import StAdvReference, released_flow_loss
 from realdata import digits_tensors, train_digits_classifier
 from utils import plots
 from utils.evaluation import attack_pass, make_row, masking_checks
@@ -91,11 +92,42 @@ def test_gradient_free_attacks_and_the_reference_stadv_on_real_digits(digits_mod
     assert set(ref["deformation"]["per_example"]) == {"tnorm_px", "mean_px", "smoothness"}
 
 
-def test_the_released_stadv_smoothness_and_the_rigid_flows():
-    f = torch.zeros(1, 2, 5, 5)
-    f[0, 0, 2, 2] = 1.0  # one pixel moved by 1 px horizontally
-    # each diagonal direction sees two differing pairs (the pixel against its neighbour, the neighbour against it)
-    assert diagonal_smoothness(f).item() == pytest.approx(4 * math.sqrt(2 + 1e-8), rel=1e-6)
+def rakutentech_flow_loss(flows, padding_mode="SYMMETRIC", epsilon=1e-8):
+    """rakutentech/stAdv v0.2.1 ``stadv.losses.flow_loss``, its TensorFlow ops written in numpy one for one (tf.pad
+    SYMMETRIC/CONSTANT = np.pad symmetric/constant)."""
+    padded = np.pad(flows, [(0, 0), (0, 0), (1, 1), (1, 1)], mode="symmetric" if padding_mode == "SYMMETRIC"
+                    else "constant")
+    shifted_flows = [padded[:, :, 2:, 2:], padded[:, :, 2:, :-2], padded[:, :, :-2, 2:], padded[:, :, :-2, :-2]]
+    return np.sum(sum(np.sqrt((flows[:, 1] - sf[:, 1]) ** 2 + (flows[:, 0] - sf[:, 0]) ** 2 + epsilon)
+                      for sf in shifted_flows), axis=(1, 2))
+
+
+@pytest.mark.parametrize("padding", ["constant", "symmetric"])
+def test_the_released_stadv_smoothness_equals_rakutentechs_flow_loss(padding):
+    gen = torch.Generator().manual_seed(0)
+    for f in (torch.randn(3, 2, 7, 9, generator=gen, dtype=torch.float64), torch.zeros(1, 2, 5, 5,
+                                                                                    dtype=torch.float64)):
+        ours = released_flow_loss(f, padding).numpy()
+        theirs = rakutentech_flow_loss(f.numpy(), "CONSTANT" if padding == "constant" else "SYMMETRIC")
+        np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+    f = torch.zeros(1, 2, 5, 5, dtype=torch.float64)
+    f[0, 0, 2, 2] = 1.0  # one pixel moved by 1 px: it and each of its 4 diagonal neighbours see one unit difference
+    assert released_flow_loss(f).item() == pytest.approx(8 * math.sqrt(1 + 1e-8) + (100 - 8) * 1e-4, rel=1e-12)
+
+
+def test_the_released_stadv_gives_a_point_the_same_flow_alone_and_inside_a_batch(digits_models):
+    plain, _, x, y = digits_models
+    attack = StAdvReference(plain.eval(), max_iter=40)
+    attack(x[:6], y[:6])
+    batch_flow, batch_success = attack.last_flow.clone(), attack.last_success.clone()
+    for i in (0, 3, 5):
+        attack(x[i:i + 1], y[i:i + 1])
+        assert torch.equal(attack.last_flow[0], batch_flow[i]) and attack.last_success[0] == batch_success[i]
+    attack(torch.cat([x[5:6], x[:5]]), torch.cat([y[5:6], y[:5]]))  # another order: the same flows
+    assert torch.equal(attack.last_flow[0], batch_flow[5]) and torch.equal(attack.last_flow[1:], batch_flow[:5])
+
+
+def test_rigid_flows():
     x = torch.rand(1, 3, 9, 9, dtype=torch.float64)
     shifted = warp(x, pixel_flow_to_normalized(rigid_flow(0, 1.0, 0, 9, 9)[None].double()), padding_mode="zeros")
     assert torch.allclose(shifted[..., :-1], x[..., 1:], atol=1e-6)  # translation tx = 1: z(r, c) = x(r, c + 1)
@@ -118,6 +150,37 @@ def test_the_masking_checks_fire_when_a_stronger_attack_is_weaker():
     assert len(warnings) == 1 and "gradient-free" in warnings[0]
     assert masking_checks({"flow": row("flow", 0.3, flow_eps=0.01), "flow-rs": row("flow-rs", 0.32, flow_eps=0.01)}
                           )[1] == []
+    # the issue's FGR model: the random search fooled 11 of 57 points, the gradient attack 5 (within two standard
+    # errors, so the earlier check let it pass): twice the points is flagged
+    _, warnings = masking_checks({"flow": row("flow", 52 / 57, n=57, flow_eps=0.02),
+                                  "flow-rs": row("flow-rs", 46 / 57, n=57, flow_eps=0.02)})
+    assert len(warnings) == 1 and "gradient-free" in warnings[0]
+    # paired outcomes: 8 points fooled only by the random search, none only by the gradient attack (sign test
+    # p = 0.004) is flagged; 5 against 3 (p = 0.36) is not
+    def flagged(n_rs_only, n_flow_only, n_both=30, n=100):
+        flow = [True] * n
+        rs = [True] * n
+        for i in range(n_both):
+            flow[i] = rs[i] = False
+        for i in range(n_both, n_both + n_rs_only):
+            rs[i] = False
+        for i in range(n_both + n_rs_only, n_both + n_rs_only + n_flow_only):
+            flow[i] = False
+        rows = {"flow": {**row("flow", sum(flow) / n, n=n, flow_eps=0.02), "robust_flags": flow},
+                "flow-rs": {**row("flow-rs", sum(rs) / n, n=n, flow_eps=0.02), "robust_flags": rs}}
+        return bool(masking_checks(rows)[1])
+    assert flagged(8, 0) and not flagged(5, 3)
+
+
+def test_the_adef_check_runs_at_a_cap_that_is_not_among_the_budgets():
+    tnorms = [0.3, 0.6, 0.9, 1.2, None, None, 2.0, 0.2, None, 0.7]  # the minimum-deformation ADef's per point
+    minimal = {**row("adef", 0.3, n=10), "robust_flags": [t is None for t in tnorms],
+               "deformation": {"per_example": {"tnorm_px": tnorms}, "acc_at_budget_px": {"1": 0.5}}}
+    capped = {**row("adef", 0.9, n=10, adef_max_norm=0.75), "label": "adef [adef_max_norm=0.75]"}
+    checks, warnings = masking_checks({"adef": minimal, "capped": capped})
+    # within 0.75 px (not among --budgets) the minimum-deformation ADef fooled 4 of 10: 0.3, 0.6, 0.2 and 0.7 px
+    assert checks["adef [adef_max_norm=0.75] vs adef at 0.75 px"] == pytest.approx(0.9 - 0.6)
+    assert len(warnings) == 1 and "capped ADef" in warnings[0]
 
 
 def test_budget_sweeps_make_one_row_each_and_the_curves_are_drawn_from_the_files(cifar10_root, tmp_path, capsys):
@@ -165,7 +228,8 @@ def test_the_demonstration_runs_end_to_end(tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
     import deformation_demo
 
-    out = deformation_demo.main(["--epochs", "1", "--n", "8", "--no_bar", "--out", str(tmp_path)])
+    out = deformation_demo.main(["--epochs", "1", "--n", "8", "--stadv_ref_max_iter", "5", "--no_bar", "--out",
+                                 str(tmp_path)])
     assert len(out["paths"]) == 5 and all(os.path.isfile(p) for p in out["paths"].values())
     assert out["table"].count("| digits | smallcnn |") == 5 and "stadv-ref" in out["table"]
     assert os.path.getsize(out["figure"][0]) > 10_000

@@ -152,6 +152,8 @@ class Checkpointer:
         best_pattern: a regular expression of the best files' names (default: the fixed ``best_path``'s). A file is
             removed only when it is the run's own: in the run's folder, named by this pattern, not ``best_file``;
             the resume state names the best file relative to the run's folder.
+        total_epochs: the run's planned epochs; the model files then hold ``epochs`` and ``finished`` (False until
+            the last epoch is saved, when the best file is marked True: a killed run's file says it is unfinished).
 
     ``context`` (a dict, set by the method, e.g. ``{"reload": 2}``) is added to every record and stored in the
     resume state: a resume continues only the epochs of the same context. Under torchrun only rank 0 writes.
@@ -159,7 +161,7 @@ class Checkpointer:
 
     def __init__(self, last_path: str, log_path: str, args: dict, *, result_keys, best_path,
                  select_key: str = "val_acc", select: str = "best", best: float = -math.inf,
-                 best_file: str | None = None, best_pattern: str | None = None):
+                 best_file: str | None = None, best_pattern: str | None = None, total_epochs: int | None = None):
         if select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', got {select!r}")
         self.last_path, self.args, self.best_path = last_path, args, best_path
@@ -171,6 +173,7 @@ class Checkpointer:
             raise ValueError("a best_path function needs best_pattern (the names it makes)")
         self.best_pattern = best_pattern or re.escape(os.path.basename(best_path))
         self.context: dict = {}
+        self.total_epochs = total_epochs
         self.log = JsonLog(log_path, args)
         self._state = None
 
@@ -270,6 +273,8 @@ class Checkpointer:
         self.log.history.append(record)
         model = {"format": FORMAT, "model": net.state_dict(), "model_spec": getattr(net, "model_spec", None),
                  "args": self.args, "epoch": record["epoch"], "context": dict(self.context), "metrics": record}
+        if self.total_epochs:  # a model file says whether its run had finished when it was written
+            model.update(epochs=self.total_epochs, finished=record["epoch"] >= self.total_epochs)
         path = self.best_file
         if self.select == "last" or improved:
             path = self.best_path(record) if callable(self.best_path) else self.best_path
@@ -287,6 +292,15 @@ class Checkpointer:
                 os.remove(path)  # a new best file that no saved state names
             kept = f"the last good state is {self.last_path}" if self.history else "nothing was saved"
             raise UserError(f"cannot write the state of epoch {record['epoch']} ({e.strerror or e}); {kept}") from None
+        if main and self.total_epochs and record["epoch"] >= self.total_epochs and path \
+                and not (self.select == "last" or improved) and os.path.isfile(path):
+            try:  # the run has finished: so has the best file written in an earlier epoch
+                done = load_checkpoint(path)
+                done["finished"] = True
+                atomic_save(done, path)
+            except (OSError, UserError) as e:
+                raise UserError(f"cannot mark {path} finished ({e}); the state of the last epoch is saved in "
+                                f"{self.last_path}") from None
         old, self.best_file = previous[1], path
         if main and self.owns(old) and os.path.abspath(old) != os.path.abspath(path) and os.path.isfile(old):
             os.remove(old)

@@ -107,6 +107,8 @@ def add_fgr_model_args(p: Parser) -> list[str]:
 
 # the flags the reference's FGR run name holds (cifar10_vgg11_fgr_300.0_rs_0.01)
 FGR_NAME_FLAGS = ("data_name", "model_name", "reg", "fgr_lamb", "rs_sigma")
+# flags that act only through lambda: not in the name of a run without the penalty (they change nothing there)
+LAMBDA_FLAGS = ("fgr_lamb_ref_batch", "fgr_warmup")
 
 
 def _name_value(value) -> str:
@@ -137,7 +139,8 @@ def fgr_run_name(args, defaults: dict, flags) -> str:
         name += f"_{args.reg}_{args.fgr_lamb}"
         if args.rs_sigma > 0:
             name += f"_rs_{args.rs_sigma}"
-    return name + run_suffix(args, defaults, [f for f in flags if f not in FGR_NAME_FLAGS])
+    skip = FGR_NAME_FLAGS + (LAMBDA_FLAGS if args.fgr_lamb == 0 else ())
+    return name + run_suffix(args, defaults, [f for f in flags if f not in skip])
 
 
 def explicit_flags(parser: argparse.ArgumentParser, argv=None) -> set:

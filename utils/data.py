@@ -113,9 +113,10 @@ def _split_sets(name, data_path, train_transform, test_transform, subset, seed, 
         train_set = Subset(train_set, sorted(order[val_split:]))
     else:
         test_set = load_dataset(name, data_path, False, test_transform, verify=verify)
-    if subset and subset > min(len(train_set), len(test_set)):
-        print(f"note: --subset {subset} is more than the {len(train_set)} training / {len(test_set)} test images; "
-              f"all of a smaller split are used", flush=True)
+    short = [f"the {len(d)} {what} images" for what, d in (("training", train_set), ("test", test_set))
+             if subset and subset > len(d)]
+    if short:
+        print(f"note: --subset {subset} is more than {' and '.join(short)}: all of them are used", flush=True)
     if subset:
         train_set = Subset(train_set, range(min(subset, len(train_set))))
         test_set = Subset(test_set, range(min(subset, len(test_set))))

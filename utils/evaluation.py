@@ -30,7 +30,7 @@ from models import build_from_spec, build_model
 
 from . import distributed as dist
 from .argtypes import positive_float, positive_int
-from .checkpoint import file_sha256, load_model_state
+from .checkpoint import atomic_save, file_sha256, load_model_state
 from .cli import add_bool
 from .datasets import fingerprint, load_dataset
 from .eot import is_stochastic
@@ -45,6 +45,7 @@ BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each 
 # report robust accuracy: from a fifth of a pixel, where the authors' flow attack sits (0.155 px per coordinate), to
 # 3 px, where undefended 32 x 32 classifiers are fooled almost everywhere
 DEFAULT_BUDGETS_PX = [0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
+KEPT = ("x_adv", "y", "flow")  # what attack_pass keeps for --save_adv
 
 
 def evaluate(model, loader, device, attacks: dict | None = None, *, bar=True, desc="eval", return_flags=False,
@@ -183,6 +184,9 @@ def add_eval_args(p, *, attacks: list[str], batch_size: int) -> None:
     p.add_argument("--eot_batch", type=positive_int, default=None,
                    help="most images per batched-EOT forward (default: 64 on CPU, 1024 on CUDA; lower it on OOM)")
     add_bool(p, "resume", False, "skip attacks already in the result file for this checkpoint and these settings")
+    p.add_argument("--save_adv", type=str, default="",
+                   help="folder: write each row's adversarial images (and flows, for deformation attacks) with labels, "
+                        "indices and outcomes to <folder>/<checkpoint>__<row label>.pt (tensors only)")
     p.add_argument("--budgets", type=positive_float, nargs="+", default=DEFAULT_BUDGETS_PX,
                    help="deformation budgets (T-norm, px) at which the rows of minimum-deformation attacks report "
                         "robust accuracy")
@@ -195,23 +199,47 @@ def check_attack_names(p: argparse.ArgumentParser, args) -> None:
         p.error(f"unknown attack(s) {', '.join(unknown)}; valid: Clean, {', '.join(list_attacks())}")
 
 
-def attack_pass(model, loader, device, attack, *, amp=False, bar=True, desc="attack") -> dict:
+def attack_pass(model, loader, device, attack, *, amp=False, bar=True, desc="attack", keep=False) -> dict:
     """One pass of ``attack`` over ``loader``: per-example correctness after the attack (``flags``, bool, CPU) and,
     for a deformation attack (``attack.produces_flow``), each example's ``tnorm`` and ``mean`` displacement (px) and
-    whatever else it measures per example (``attack.last_stats``, e.g. stAdv's smoothness)."""
+    whatever else it measures per example (``attack.last_stats``, e.g. stAdv's smoothness). ``keep``: also the
+    adversarial images (``x_adv``), labels (``y``) and, for a deformation attack, the flows (``flow``, normalised
+    B x H x W x 2), on CPU (``--save_adv``)."""
     stats: dict[str, list] = {}
 
     def run(x, y):
         x_adv = attack(x, y)
-        if getattr(attack, "produces_flow", False):
+        flow = getattr(attack, "produces_flow", False)
+        if flow:
             norms = flow_norms_pixels(attack.last_flow)
             for k, v in {"tnorm": norms["tnorm"], "mean": norms["mean"], **getattr(attack, "last_stats", {})}.items():
                 stats.setdefault(k, []).append(v.detach().float().cpu())
+        if keep:
+            kept = dict(zip(KEPT, (x_adv, y, attack.last_flow if flow else None)))
+            kept = {k: v for k, v in kept.items() if v is not None}
+            for k, v in kept.items():
+                stats.setdefault(k, []).append(v.detach().cpu())
         return x_adv
 
     _, flags = evaluate(model, loader, device, {desc: run}, bar=bar, desc=desc, return_flags=True, amp=amp,
                         clean=False)
     return {"flags": flags[desc], **{k: dist.all_gather_cat(torch.cat(v)) for k, v in stats.items()}}
+
+
+def save_adversarial(folder: str, stem: str, label: str, draw: dict) -> str:
+    """``--save_adv``: draw 0 of a row as ``<folder>/<stem>__<label>.pt``, tensors only (loadable with
+    ``torch.load(weights_only=True)``): ``x_adv`` (N x C x H x W in [0, 1], the unchanged image where the attack
+    failed), ``y``, ``index`` (the test-set index), ``robust`` (True = still classified correctly, as the row's
+    flags) and, for deformation attacks, ``flow`` (N x H x W x 2, normalised align_corners=True units; zero where the
+    attack failed). Re-applied with ``utils.flow.warp(x, flow, padding_mode=...)`` as the attack warps."""
+    safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in label)
+    path = os.path.join(folder, f"{stem}__{safe}.pt")
+    tensors = {k: draw[k] for k in KEPT if k in draw}
+    tensors["index"] = torch.arange(len(draw["flags"]))
+    tensors["robust"] = draw["flags"].clone()
+    os.makedirs(folder, exist_ok=True)
+    atomic_save(tensors, path)
+    return path
 
 
 def _stats(values: torch.Tensor) -> dict:
@@ -231,14 +259,16 @@ def deformation_record(draw: dict, clean_flags: torch.Tensor, *, min_norm: bool,
     success = clean_flags & fooled
     per = {f"{k}_px" if k in ("tnorm", "mean") else k: [round(float(v), 5) if f else None
                                                         for v, f in zip(draw[k].tolist(), fooled.tolist())]
-           for k in draw if k != "flags"}
+           for k in draw if k not in ("flags", *KEPT)}
     out = {"tnorm_px": _stats(draw["tnorm"][success]), "mean_px": _stats(draw["mean"][success]),
            "per_example": per, "minimum_deformation": min_norm}
     if min_norm:
         needed = torch.where(fooled, draw["tnorm"], torch.full_like(draw["tnorm"], float("inf")))
         out["acc_at_budget_px"] = {f"{b:g}": (needed > b).float().mean().item() for b in budgets}
         correct = needed[clean_flags]
-        out["median_min_tnorm_px"] = correct.median().item() if correct.numel() else None  # inf: most never fooled
+        median = correct.median().item() if correct.numel() else None  # None: no correctly classified point
+        # JSON has no infinity: "inf" (most correct points never fooled), as the docs and tables write it
+        out["median_min_tnorm_px"] = "inf" if median == math.inf else median
     return out
 
 
@@ -287,6 +317,7 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
     extra = {**({"n": n} if n < n_total else {}), **({"repeat": args.repeat} if args.repeat > 1 else {}),
              **({"seed": args.seed} if stochastic and args.seed != 0 else {}), **({"amp": True} if args.amp else {})}
     rows, objects = {}, {}
+    stem = os.path.splitext(os.path.basename(results.record.get("checkpoint") or "adv"))[0]
     base = AttackConfig.from_args(args, seed=args.seed, n_classes=n_classes, image_size=image_size)
     for name in args.attacks:
         if name == "Clean":
@@ -301,71 +332,124 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
                 continue
             if label in results.earlier:
                 say(f"note: replacing the earlier row {label!r} (same attack, same settings)")
-            rows[label], objects[label] = run_one(model, loader, device, args, name, cfg, label, clean)
+            rows[label], objects[label] = run_one(model, loader, device, args, name, cfg, label, clean, stem=stem)
             results.add(label, rows[label])
             results.write(table)
             line(name, rows[label])
     return rows, objects
 
 
-def run_one(model, loader, device, args, name, cfg, label, clean_flags):
+def run_one(model, loader, device, args, name, cfg, label, clean_flags, stem="adv"):
     """One row: ``args.repeat`` draws of attack ``name`` at ``cfg`` (seeds ``args.seed + r``). Returns the row and
-    the attack object of draw 0."""
+    the attack object of draw 0. ``stem``: the checkpoint's file stem, naming the ``--save_adv`` files."""
     spec = ATTACKS[name]
     min_norm = spec.budget is None or any(getattr(cfg, k) is None for k in spec.budget.knobs)
     draws, seeds, t0 = [], [args.seed + r for r in range(args.repeat)], time.time()
     for seed in seeds:
         seed_everything(seed)
         attack, settings = build_attack(name, model, cfg.replace(seed=seed))
-        draws.append(attack_pass(model, loader, device, attack, amp=args.amp, bar=args.bar, desc=name))
+        keep = bool(getattr(args, "save_adv", "")) and seed == seeds[0]
+        draws.append(attack_pass(model, loader, device, attack, amp=args.amp, bar=args.bar, desc=name, keep=keep))
         if seed == seeds[0]:
             first = (attack, settings, attack.settings())
     row = make_row(name, label, draws, clean_flags, settings=first[1], attack_settings=first[2], seeds=seeds,
                    seconds=time.time() - t0, min_norm=min_norm, budgets=args.budgets)
+    if getattr(args, "save_adv", "") and dist.is_main():
+        row["saved"] = save_adversarial(args.save_adv, stem, label, draws[0])
+        for k in KEPT:
+            draws[0].pop(k, None)
     return row, first[0]
+
+
+def row_flags(row: dict) -> list | None:
+    """A row's per-example outcome (True = still correct) as a list of booleans, from either stored form (a list, or
+    the earlier "0101" string); None when the row has none."""
+    flags = row.get("robust_flags")
+    if flags is None:
+        return None
+    return [c == "1" for c in flags] if isinstance(flags, str) else [bool(f) for f in flags]
+
+
+def acc_at_budget(row: dict, budget: float) -> float | None:
+    """A minimum-deformation row's accuracy at T-norm ``budget`` (px), from its per-example minimal deformations:
+    a point counts if it was not fooled or needed more than ``budget``. Any budget, not only those of
+    ``--budgets``."""
+    tnorms = row.get("deformation", {}).get("per_example", {}).get("tnorm_px")
+    flags = row_flags(row)
+    if tnorms is None or flags is None or len(tnorms) != len(flags):
+        return None
+    return sum(f or t is None or t > budget for f, t in zip(flags, tnorms)) / max(len(flags), 1)
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """One-sided exact sign test: P(X >= wins) for X ~ Binomial(wins + losses, 1/2)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n if n else 1.0
+
+
+def weaker_than(strong: dict, weak: dict, strong_acc: float | None = None, weak_acc: float | None = None) -> bool:
+    """Whether the attack of row ``strong`` is suspiciously weaker than that of row ``weak`` on the same points:
+    it leaves more accuracy, and either the weaker attack fooled at least twice as many points (and 3 more), or, on
+    the points where the two disagree, the weaker one wins significantly (one-sided sign test, p < 0.05; per-example
+    outcomes of both rows), or, without per-example outcomes, the gap exceeds two binomial standard errors."""
+    n = strong["n_examples"]
+    sa = strong["acc"] if strong_acc is None else strong_acc
+    wa = weak["acc"] if weak_acc is None else weak_acc
+    if sa <= wa:
+        return False
+    fooled_strong, fooled_weak = round((1 - sa) * n), round((1 - wa) * n)
+    if fooled_weak >= max(2 * fooled_strong, fooled_strong + 3):
+        return True
+    a, b = row_flags(strong), row_flags(weak)
+    if strong_acc is None and weak_acc is None and a is not None and b is not None and len(a) == len(b):
+        only_weak = sum(x and not y for x, y in zip(a, b))  # fooled by the weaker attack only
+        only_strong = sum(y and not x for x, y in zip(a, b))
+        return sign_test_p(only_weak, only_strong) < 0.05
+    return sa - wa > 2 * standard_error(wa, n)
 
 
 def masking_checks(rows: dict) -> tuple[dict, list]:
     """Checks on the rows of one run, without running anything: a stronger attack must not leave more accuracy than
-    a weaker one at the same budget on the same points (beyond two standard errors), else the stronger one's
-    gradients are suspect or it was cut short:
+    a weaker one at the same budget on the same points (:func:`weaker_than`: twice the fooled points, or a paired
+    sign test on the points where they disagree), else the stronger one's gradients are suspect or it was cut short:
 
     - AutoAttack (any version) and APGD500 must not be weaker than PGD500 at the same eps;
     - the gradient-free flow random search must not beat the gradient flow attack at the same flow budget (masked
       flow gradients);
-    - a minimum-deformation attack's accuracy at a budget must not be below a budgeted attack's at the same
-      budget (same measure; both are upper bounds on the robust accuracy).
+    - ADef capped at e must not be weaker than the minimum-deformation ADef within e (any cap: the accuracy at e is
+      computed from the per-example minimal deformations).
 
     Returns:
         ``(checks, warnings)``: ``checks`` maps "<stronger> vs <weaker>" to the accuracy difference.
     """
     checks, warnings = {}, []
 
-    def compare(strong: str, strong_acc: float, weak: str, weak_acc: float, n: int, why: str):
-        checks[f"{strong} vs {weak}"] = strong_acc - weak_acc
-        if strong_acc - weak_acc > 2 * standard_error(weak_acc, n):
-            warnings.append(f"{strong} leaves {100 * strong_acc:.2f}% where {weak} leaves {100 * weak_acc:.2f}% on "
-                            f"the same points: {why}")
+    def compare(strong: dict, weak: dict, weak_label: str, why: str, weak_acc: float | None = None):
+        wa = weak["acc"] if weak_acc is None else weak_acc
+        checks[f"{strong['label']} vs {weak_label}"] = strong["acc"] - wa
+        if weaker_than(strong, weak, None if weak_acc is None else strong["acc"], weak_acc):
+            warnings.append(f"{strong['label']} leaves {100 * strong['acc']:.2f}% where {weak_label} leaves "
+                            f"{100 * wa:.2f}% on the same points: {why}")
 
     pairs = [(a, b) for a in rows.values() for b in rows.values() if a is not b and a["n_examples"] == b["n_examples"]]
     for strong, weak in pairs:
-        kind, n = (strong["attack"], weak["attack"]), strong["n_examples"]
+        kind = (strong["attack"], weak["attack"])
         if kind[1] == "PGD500" and kind[0] in ("AA", "AA-standard", "AA-rand", "APGD500") \
                 and strong["settings"].get("eps") == weak["settings"].get("eps"):
-            compare(strong["label"], strong["acc"], weak["label"], weak["acc"], n,
+            compare(strong, weak, weak["label"],
                     f"{strong['attack']} should be at least as strong as PGD500 at the same eps; suspect gradient "
                     f"masking or a run cut short (see its label)")
         if kind == ("flow", "flow-rs") and strong["settings"].get("flow_eps") == weak["settings"].get("flow_eps"):
-            compare(strong["label"], strong["acc"], weak["label"], weak["acc"], n,
-                    "a gradient-free attack beats the gradient attack at the same budget; suspect masked flow "
-                    "gradients")
+            compare(strong, weak, weak["label"], "a gradient-free attack beats the gradient attack at the same "
+                    "budget; suspect masked flow gradients")
         cap = strong["settings"].get("adef_max_norm")
-        at = weak.get("deformation", {}).get("acc_at_budget_px", {})
-        if kind == ("adef", "adef") and cap is not None and f"{cap:g}" in at:
-            # ADef capped at e follows the minimum-deformation ADef's path and overshoots up to e: it fools at least
-            # what that one fooled within e
-            compare(strong["label"], strong["acc"], f"{weak['label']} at {cap:g} px", at[f"{cap:g}"], n,
-                    "the capped ADef is weaker than the minimum-deformation ADef within the same T-norm")
+        if kind == ("adef", "adef") and cap is not None and weak["settings"].get("adef_max_norm") is None:
+            at = acc_at_budget(weak, cap)
+            if at is not None:
+                # ADef capped at e follows the minimum-deformation ADef's path and overshoots up to e: it fools at
+                # least what that one fooled within e
+                compare(strong, weak, f"{weak['label']} at {cap:g} px", "the capped ADef is weaker than the "
+                        "minimum-deformation ADef within the same T-norm", weak_acc=at)
     return checks, warnings
 
 

@@ -62,8 +62,8 @@ def run_of(record: dict) -> tuple[dict, dict] | None:
             for b, acc in deform.get("acc_at_budget_px", {}).items():
                 cols[f"{label} @{b}px"] = acc
             if "median_min_tnorm_px" in deform:
-                median = deform["median_min_tnorm_px"]
-                cols[f"{label} median px"] = float("inf") if median is None else median
+                median = deform["median_min_tnorm_px"]  # "inf" (never fooled), or null in files before "inf"
+                cols[f"{label} median px"] = float("inf") if median in (None, "inf") else median
         return run, cols
     if "attacks" in record and "val_acc" in record:  # evaluate.py, format 1
         run = _fgr_run(record.get("train_args") or record.get("args", {}))

@@ -163,7 +163,8 @@ def train_one_epoch(step: TrainStep, loader, *, bar=True, desc="train", epoch: i
 
 
 def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, epochs: int, generator=None,
-        resume: bool = False, bar: bool = True, log=print, hint: str = "the learning rate may be too high") -> dict:
+        resume: bool = False, bar: bool = True, log=print, hint: str = "the learning rate may be too high",
+        check=None) -> dict:
     """Train for ``epochs`` epochs, from 0 or from the checkpointer's resume state.
 
     Args:
@@ -177,6 +178,7 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         resume: continue from the checkpointer's resume state when it belongs to this call.
         bar: progress bars; log: where the per-epoch line goes.
         hint: the likely cause of a divergence, for its error message.
+        check: ``check(history) -> str | None`` after each epoch's line (the records so far): a warning to print.
     Returns:
         the last epoch's record.
     Raises:
@@ -215,4 +217,7 @@ def fit(step: TrainStep, train_loader, scheduler, evaluate_fn, checkpointer, *, 
         parts += [f"best {_console(checkpointer.select_key, checkpointer.best)}{' *' if improved else ''}",
                   f"{stats['time']:.1f}s"]
         log(" | ".join(parts))
+        warning = check(checkpointer.history) if check is not None else None
+        if warning:
+            log(warning)
     return record

@@ -21,8 +21,8 @@ from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name
 from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import UserError, cli_entry
-from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              masking_checks, record_header, run_attacks, test_loader)
+from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
+                              load_for_evaluation, masking_checks, record_header, run_attacks, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -59,6 +59,8 @@ def table(record) -> list[str]:
         sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
         lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['success_rate']:.1f} ({r['n_success']} / "
                      f"{r['n_clean_correct']}) | {tn} | {at} | {sets} |")
+    checks = check_lines(record.get("checks", {}))
+    lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks] if checks else []
     lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]] if record.get("warnings") else []
     return lines
 
@@ -128,7 +130,9 @@ def main(args):
     rows, _ = run_attacks(model, loader, device, args, n=n, n_total=n_total, n_classes=n_classes, image_size=size,
                           results=results, table=table, say=say, line=line,
                           on_clean=lambda acc: say(f"val   - acc: {acc:.4f}"))
-    record["checks"], record["warnings"] = masking_checks(rows)
+    record["checks"], record["warnings"] = masking_checks(results.rows)  # every row of the file: earlier runs too
+    for text in check_lines(record["checks"]):
+        say(text)
     for w in record["warnings"]:
         say(f"warning: {w}")
     md = results.write(table)

@@ -25,8 +25,9 @@ from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit
 from utils.datasets import num_channels, num_classes
 from utils.data import fgr_transforms
 from utils.errors import UserError, cli_entry
-from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, load_for_evaluation,
-                              masking_checks, record_header, run_attacks, sanity_checks, test_loader)
+from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
+                              load_for_evaluation, masking_checks, record_header, run_attacks, sanity_checks,
+                              test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -79,6 +80,9 @@ def table(record: dict) -> list[str]:
     if "worst_case" in record:
         lines.append(f"| worst case ({', '.join(record['worst_case']['attacks'])}) | "
                      f"{100 * record['worst_case']['acc']:.2f} | – | – | – | – | – |")
+    checks = check_lines({**record.get("checks", {}), **record.get("sanity", {})})
+    if checks:
+        lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks]
     if record.get("warnings"):
         lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]]
     return lines
@@ -146,12 +150,14 @@ def main(args):
             robust &= torch.tensor([c == "1" for c in rows[name]["robust_flags"]])
         record["worst_case"] = {"attacks": names, "acc": int(robust.sum()) / n}
         say(f"Worst case: {100 * record['worst_case']['acc']:.2f}%")
-    record["checks"], record["warnings"] = masking_checks(rows)
+    record["checks"], record["warnings"] = masking_checks(results.rows)  # every row of the file: earlier runs too
     if args.sanity_checks:
         cfg = AttackConfig.from_args(args, seed=args.seed, n_classes=n_classes, image_size=size)
         record["sanity"], more = sanity_checks(model, loader, device, cfg, amp=args.amp, rows=rows, attacks=attacks,
                                                n=n, bar=args.bar)
         record["warnings"] += more
+    for text in check_lines({**record["checks"], **record.get("sanity", {})}):
+        say(text)
     for w in record["warnings"]:
         say(f"warning: {w}")
     say(f"wrote {results.path} and {results.write(table)}")

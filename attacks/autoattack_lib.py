@@ -7,6 +7,7 @@ gradients over ``eot_iter`` noisy passes (as the GSeM reference's AdaptiveFAB).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -42,15 +43,18 @@ class EOTFAB(FABAttack_PT):
 
 
 class LibraryAttack(Attack):
-    """Wrap a pyautoattack attack object (anything with ``perturb(x, y)``) as an :class:`Attack`."""
+    """Wrap a pyautoattack attack object (anything with ``perturb(x, y)``) as an :class:`Attack`. ``fp32``: run it
+    outside the caller's autocast (Square writes the model's outputs into float32 buffers, which bf16 logits break;
+    it takes no gradient, so bf16 would save little)."""
 
-    def __init__(self, model, attack):
+    def __init__(self, model, attack, fp32: bool = False):
         super().__init__(model)
-        self.attack = attack
+        self.attack, self.fp32 = attack, fp32
 
     def perturb(self, x, y):
         self.attack.device = x.device
-        return self.attack.perturb(x, y).detach()
+        with torch.autocast(x.device.type, enabled=False) if self.fp32 else contextlib.nullcontext():
+            return self.attack.perturb(x, y).detach()
 
     def settings(self) -> dict:
         keys = ("norm", "eps", "n_iter", "n_restarts", "n_queries", "eot_iter", "rho", "seed", "loss",
@@ -86,7 +90,7 @@ def square(model, *, eps=8 / 255, queries=5000, restarts=1, seed=0, resc_schedul
     ``resc_schedule=True`` (the GSeM authors' torchattacks default) rescales the square-size schedule to the number of
     queries, so with 5,000 queries p halves twice as fast as AutoAttack's standard 10,000-query schedule."""
     return LibraryAttack(model, SquareAttack(model, norm="Linf", n_queries=queries, eps=eps, p_init=0.8,
-                                             n_restarts=restarts, seed=seed, resc_schedule=resc_schedule))
+                                             n_restarts=restarts, seed=seed, resc_schedule=resc_schedule), fp32=True)
 
 
 class LibraryAutoAttack(Attack):
@@ -149,3 +153,11 @@ def _library_autoattack(version):
 register_attack("AA-standard", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(
     _library_autoattack("standard"))
 register_attack("AA-rand", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(_library_autoattack("rand"))
+
+
+@register_attack("Square", EPS, STEPS_SCALE, budget=Budget("eps", "linf"))
+def square_autoattack(model, cfg):
+    """Square Attack alone, as AutoAttack's standard version runs it: L-inf, 5000 queries, p_init 0.8, one restart,
+    the 10,000-query schedule (resc_schedule False); gradient-free, so it sees through masked gradients."""
+    return square(model, eps=cfg.eps, queries=scaled(5000, cfg.steps_scale), restarts=1, seed=cfg.seed,
+                  resc_schedule=False)

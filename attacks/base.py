@@ -47,6 +47,7 @@ class Uncorrected(Attack):
     def __init__(self, model, attack):
         super().__init__(model)
         self.attack = attack
+        self.train_mode = attack.train_mode  # PGD-AT's train-mode attack stays in train mode without the correction
 
     def perturb(self, x, y):
         with gradient_correction(self.model, False):

@@ -26,9 +26,9 @@ class PGD(Attack):
     eot_batch images each; default per device, ``utils.eot``), loss_fn(logits, y) -> per-example loss to ascend
     (default cross-entropy), train_mode (the model's mode left as the caller set it, as PGD-AT's official code
     (locuslab/robust_overfitting ``attack_pgd``) attacks in train mode: BatchNorm on batch statistics, EOT passes
-    sequential, and after the steps one more forward of the result, the official restart-selection forward, so the
-    running statistics see the same updates). Precision is the caller's: run it under
-    ``utils.precision.autocast`` for bf16."""
+    sequential, the iterate and projection in the official order (:meth:`_perturb_delta`), and after the steps one more
+    forward of the result, the official restart-selection forward, so the running statistics see the same updates).
+    Precision is the caller's: run it under ``utils.precision.autocast`` for bf16."""
 
     def __init__(self, model, eps=8 / 255, alpha=2 / 255, steps=10, random_start=True, eot_iter=1,
                  batched_eot=True, loss_fn=ce_per_example, eot_batch=None, train_mode=False):
@@ -40,6 +40,8 @@ class PGD(Attack):
         self.loss_fn, self.eot_batch, self.train_mode = loss_fn, eot_batch, train_mode
 
     def perturb(self, x, y):
+        if self.train_mode:
+            return self._perturb_delta(x, y)
         x_adv = x.clone()
         if self.random_start:
             x_adv = (x_adv + torch.empty_like(x).uniform_(-self.eps, self.eps)).clamp_(0, 1)
@@ -47,10 +49,22 @@ class PGD(Attack):
             g, _ = eot_input_grad(self.model, x_adv, y, self.loss_fn, self.eot_iter, self.batched_eot, self.eot_batch)
             x_adv = x_adv + self.alpha * g.sign()
             x_adv = (x + (x_adv - x).clamp(-self.eps, self.eps)).clamp_(0, 1)
-        if self.train_mode:
-            with torch.no_grad():
-                self.model(x_adv)
         return x_adv.detach()
+
+    def _perturb_delta(self, x, y):
+        """robust_overfitting's ``attack_pgd`` (restarts 1) in its order of operations, so that PGD-AT's batch is its
+        batch bit for bit: the iterate is delta, clipped to the eps-ball and then to [-x, 1 - x] after every step;
+        one more forward of ``x + delta`` (its restart selection); the training input ``clamp(x + delta, 0, 1)``."""
+        delta = torch.empty_like(x).uniform_(-self.eps, self.eps) if self.random_start else torch.zeros_like(x)
+        delta = torch.max(torch.min(delta, 1 - x), -x)
+        for _ in range(self.steps):
+            g, _ = eot_input_grad(self.model, x + delta, y, self.loss_fn, self.eot_iter, self.batched_eot,
+                                  self.eot_batch)
+            delta = (delta + self.alpha * g.sign()).clamp(-self.eps, self.eps)
+            delta = torch.max(torch.min(delta, 1 - x), -x)
+        with torch.no_grad():
+            self.model(x + delta)
+        return (x + delta).clamp(0, 1).detach()
 
 
 def pgd_from(model, cfg, steps: int, alpha: float, **kwargs) -> PGD:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -198,6 +199,9 @@ def attack_label(name: str, cfg: AttackConfig, extra: dict | None = None) -> str
     at its defaults on the whole test set."""
     defaults = {k.name: k.default for k in ATTACKS[name].knobs}
     diff = {k: v for k, v in knob_values(name, cfg).items() if v != defaults[k]}
+    for k in ATTACKS[name].knobs:  # a file by its name (the transfer attack's surrogate)
+        if k.unit == "path" and k.name in diff:
+            diff[k.name] = os.path.basename(str(diff[k.name]))
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in {**diff, **(extra or {})}.items()]
     return ATTACKS[name].label + (f" [{', '.join(parts)}]" if parts else "")
 

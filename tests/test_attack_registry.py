@@ -21,6 +21,18 @@ SMALL_BUDGET = {"linf": (4 / 255,), "flow_linf": (0.02,), "tnorm_px": (0.3,), "r
 FAST = dict(eot_iter=1, steps_scale=0.01)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def surrogate_checkpoint(tmp_path_factory):
+    """A file for the knobs that name one (the transfer attack's surrogate): a small CNN checkpoint."""
+    torch.manual_seed(0)
+    surrogate = build_model("smallcnn", 10)
+    path = tmp_path_factory.mktemp("surrogate") / "smallcnn.pt"
+    torch.save({"model": surrogate.state_dict(), "model_spec": surrogate.model_spec}, path)
+    FAST["surrogate"] = str(path)
+    yield
+    FAST.pop("surrogate")
+
+
 @pytest.mark.parametrize("name", list_attacks())
 def test_every_registered_attack_keeps_the_contract(name):
     model = tiny_classifier().train()

@@ -16,7 +16,7 @@ from conftest import tiny_classifier, tiny_gsem
 from models import build_model
 from utils.awp import AWP
 from utils.flow import gather_grid_sample, identity_grid
-from utils.losses import OBJECTIVES, awp_trades, cross_entropy, trades
+from utils.losses import OBJECTIVES, awp_adversarial_ce, awp_trades, cross_entropy, mart, mart_loss, trades
 from utils.training import TrainStep
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -54,10 +54,24 @@ def official_pgd_at_step(model, opt, x, y):
     return x_adv
 
 
-def test_pgd_at_attacks_in_train_mode_as_the_official_code():
-    x, y = batch()
-    ours, official = tiny_classifier(), tiny_classifier()
+def pgd_at_models(name):
+    """Two identical models: the tiny CNN, or GSeM-ResNet-18 (noise on, corrected gradient: PGD-AT's official code is
+    model-agnostic, so the official step runs on the same class)."""
+    if name == "tiny":
+        ours, official = tiny_classifier(), tiny_classifier()
+        x, y = batch()
+    else:
+        torch.manual_seed(0)
+        ours, official = build_model(name, 10), build_model(name, 10)
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
     official.load_state_dict(ours.state_dict())
+    return ours, official, x, y
+
+
+@pytest.mark.parametrize("name", ["tiny", "GSeMResNet18"])
+def test_pgd_at_step_is_bit_identical_to_the_official_code(name):
+    ours, official, x, y = pgd_at_models(name)
     opt_o, opt_r = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, official))
     assert OBJECTIVES["pgd_at"].attack_train_mode
     attack = PGD(ours, EPS, ALPHA, STEPS, train_mode=True)
@@ -68,16 +82,97 @@ def test_pgd_at_attacks_in_train_mode_as_the_official_code():
     step(x, y)
     torch.manual_seed(1)
     x_ref = official_pgd_at_step(official, opt_r, x, y)
-    assert (seen[0] - x_ref).abs().max() < 1e-6  # the same adversarial batch (rounding of x + delta aside)
-    assert (bn_stats(ours) - bn_stats(official)).abs().max() < 1e-5  # the same 12 BatchNorm updates
+    assert torch.equal(seen[0], x_ref)  # the same adversarial batch, bit for bit
+    assert torch.equal(bn_stats(ours), bn_stats(official))  # the same BatchNorm updates (steps + 2)
     for (n, p), q in zip(ours.named_parameters(), official.parameters()):
-        assert (p - q).abs().max() < 1e-5, n
+        assert torch.equal(p, q), n
     # the eval-mode attack (every other objective) is another batch and leaves the statistics alone
     ours.train()
     before = bn_stats(ours)
     torch.manual_seed(1)
     x_eval = PGD(ours, EPS, ALPHA, STEPS)(x, y)
     assert torch.equal(bn_stats(ours), before) and (x_eval - seen[0]).abs().max() > 1 / 255
+
+
+@pytest.mark.parametrize("correction", ["all", "attack", "update", "none"])
+def test_pgd_at_attacks_in_train_mode_under_every_gradient_correction(correction):
+    """The ablation flag must not change the baseline's recipe: PGD-AT's attack updates BatchNorm statistics in
+    every one of its forwards (steps + the selection forward) whether or not the correction is on."""
+    from utils.gsem_training import objective
+
+    model = build_model("GSeMResNet18", 10, beta=0).train()
+    args = train_gsem_awp.get_args(["--loss", "pgd_at", "--gradient_correction", correction, "--attack_steps", "3",
+                                    "--att_eot_num", "1"])
+    _, make_input = objective(args, model)
+    bn = model.bn1
+    before = int(bn.num_batches_tracked)
+    make_input(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    assert int(bn.num_batches_tracked) - before == 3 + 1
+    assert model.training
+
+
+def official_gsem_awp_step(model, proxy, opt, proxy_opt, x_adv, x, y, gamma, eot):
+    """One step of X-L-Liu/GSeM ``train_gsem_awp.py`` (fp32) as written there, on models with the reference's
+    hooks: ``AdvWeightPerturb.calc_awp`` (proxy -CE, ``eot`` backward passes, grads divided by ``eot``, SGD step,
+    ``diff_in_weights``: ||w|| / (||d|| + 1e-20) * d), ``perturb`` (``add_into_weights``, +gamma), the MART loss with
+    ``eot`` passes (hooks registered after both forwards), grads divided by ``eot``, the SGD step, ``restore``
+    (-gamma)."""
+    def add_into_weights(diff, coeff):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in diff:
+                    param.add_(coeff * diff[name])
+
+    proxy.load_state_dict(model.state_dict())
+    proxy.train()
+    proxy_opt.zero_grad()
+    for _ in range(eot):
+        loss = -F.cross_entropy(proxy(x_adv), y)
+        with bench.reference_hooks(proxy):
+            loss.backward()
+    if eot > 1:
+        for p in proxy.parameters():
+            p.grad.data /= eot
+    proxy_opt.step()
+    diff = {}
+    for (k, w), (_, w2) in zip(model.state_dict().items(), proxy.state_dict().items()):
+        if len(w.size()) > 1 and "weight" in k:
+            d = w2 - w
+            diff[k] = w.norm() / (d.norm() + 1e-20) * d
+    add_into_weights(diff, 1.0 * gamma)
+    opt.zero_grad()
+    for _ in range(eot):
+        logits_adv = model(x_adv)
+        loss = mart_loss(logits_adv, model(x), y, 5.0)
+        with bench.reference_hooks(model):
+            loss.backward()
+    for p in model.parameters():
+        p.grad.data /= eot
+    opt.step()
+    add_into_weights(diff, -1.0 * gamma)
+
+
+def test_gsem_awp_step_is_bit_identical_to_the_authors():
+    """GSeM-ResNet-18 (noise on), batch 8, EOT 2: our MART + AWP step (``train_gsem_awp.py``'s TrainStep) against the
+    authors' step on their hooked model, weights and BatchNorm statistics bit for bit."""
+    torch.manual_seed(0)
+    ours, proxy = build_model("GSeMResNet18", 10).train(), build_model("GSeMResNet18", 10)
+    ref, ref_proxy = bench.reference_model("GSeMResNet18", "cpu").train(), bench.reference_model("GSeMResNet18", "cpu")
+    ref.load_state_dict(ours.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 3, 32, 32, generator=gen), torch.randint(0, 10, (8,), generator=gen)
+    x_adv = (x + (torch.rand(x.shape, generator=gen) - 0.5) * 16 / 255).clamp(0, 1)
+    opt, ref_opt = (torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=3.5e-3) for m in (ours, ref))
+    awp = AWP(ours, proxy, gamma=0.01, proxy_lr=0.01, eot_iter=2, loss_fn=awp_adversarial_ce)
+    step = TrainStep(ours, opt, functools.partial(mart, mart_beta=5.0), make_input=lambda a, b: x_adv, eot_iter=2,
+                     awp=awp)
+    torch.manual_seed(5)
+    step(x, y)
+    torch.manual_seed(5)
+    official_gsem_awp_step(ref, ref_proxy, ref_opt, torch.optim.SGD(ref_proxy.parameters(), lr=0.01), x_adv, x, y,
+                           0.01, 2)
+    for (k, v), w in zip(ours.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(v, w), k
 
 
 def official_trades_step(model, opt, x, y, beta=6.0):

@@ -179,7 +179,7 @@ def test_the_adef_check_runs_at_a_cap_that_is_not_among_the_budgets():
     capped = {**row("adef", 0.9, n=10, adef_max_norm=0.75), "label": "adef [adef_max_norm=0.75]"}
     checks, warnings = masking_checks({"adef": minimal, "capped": capped})
     # within 0.75 px (not among --budgets) the minimum-deformation ADef fooled 4 of 10: 0.3, 0.6, 0.2 and 0.7 px
-    assert checks["adef [adef_max_norm=0.75] vs adef at 0.75 px"] == pytest.approx(0.9 - 0.6)
+    assert checks["adef [adef_max_norm=0.75] vs adef at 0.75 px"]["difference"] == pytest.approx(0.9 - 0.6)
     assert len(warnings) == 1 and "capped ADef" in warnings[0]
 
 

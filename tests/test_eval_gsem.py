@@ -133,7 +133,8 @@ def test_suite_end_to_end_on_a_trained_checkpoint_then_resume(cifar10_root, gsem
                                                              monkeypatch):
     everything = ["Clean", *list_attacks()]
     record = evaluate_gsem.main(evaluate_gsem.get_args(eval_args(
-        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *everything, "--repeat", "2", "--worst_case")))
+        cifar10_root, gsem_checkpoint, tmp_path, "--attacks", *everything, "--repeat", "2", "--worst_case",
+        "--surrogate", gsem_checkpoint)))
     out = capsys.readouterr().out
     assert "\nClean: " in out
     for name in ("PGD500", "CW100", "APGD500", "AA-10it"):  # the reduced AutoAttack says what it is

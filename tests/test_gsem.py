@@ -94,7 +94,7 @@ def test_eot_backward_averages_weight_gradients():
     model = tiny_gsem(size=16, classes=3, beta=0).train()
     x, y = torch.rand(4, 3, 16, 16), torch.randint(0, 3, (4,))
     model.zero_grad()
-    loss, _, _ = eot_backward(lambda: (F.cross_entropy(model(x), y), model(x), {}), eot_iter=3)
+    loss, _, _ = eot_backward(lambda: (F.cross_entropy(model(x), y), model(x), {}), eot_iter=3, model=model)
     g3 = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     F.cross_entropy(model(x), y).backward()

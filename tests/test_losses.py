@@ -55,7 +55,7 @@ def test_half_adversarial_step_attacks_even_half_and_averages_eot_passes():
     assert torch.allclose(model[1].weight.grad, expected, atol=1e-6)  # 3 identical passes, averaged
 
 
-def test_awp_perturb_then_restore_is_bit_exact_and_targets_weights_only():
+def test_awp_perturb_then_restore_targets_weights_only():
     torch.manual_seed(0)
     model = build_model("GSeMResNet18", 10, beta=0)
     proxy = build_model("GSeMResNet18", 10, beta=0)
@@ -68,10 +68,10 @@ def test_awp_perturb_then_restore_is_bit_exact_and_targets_weights_only():
     state = awp.perturb(diff)
     w, w0 = model.state_dict()["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"]
     assert (w - w0).norm().item() == pytest.approx(0.01 * w0.norm().item(), rel=1e-4)
-    awp.restore(state)
+    awp.restore(state)  # w + gamma d - gamma d, the authors' order: the weights back up to rounding
     for k, v in model.state_dict().items():
         if v.is_floating_point():
-            assert torch.equal(v, before[k]), k
+            assert torch.allclose(v, before[k], rtol=0, atol=1e-6), k
 
 
 def test_awp_restore_keeps_the_optimizer_update():

@@ -53,7 +53,7 @@ class AWP:
         self.proxy.train()
         self.proxy_optim.zero_grad(set_to_none=True)
         with gradient_correction(self.proxy, self.correct):
-            eot_backward(lambda: self.loss_fn(self.proxy, x_adv, y, x), self.eot_iter)
+            eot_backward(lambda: self.loss_fn(self.proxy, x_adv, y, x), self.eot_iter, params=self.proxy.parameters())
         for p in self.proxy.parameters():  # distributed: the proxy step uses the gradient of the global batch
             if p.grad is not None:
                 all_reduce_sum(p.grad).div_(world_size())
@@ -62,28 +62,23 @@ class AWP:
         proxy_sd = self.proxy.state_dict()
         with torch.no_grad():
             for name, w in self.model.state_dict().items():
-                if w.dim() > 1 and "weight" in name:
+                if w.dim() > 1 and "weight" in name:  # the authors' order: ||w|| / (||d|| + eps) * d
                     d = proxy_sd[name] - w
-                    diff[name] = d * w.norm() / (d.norm() + EPS)
+                    diff[name] = w.norm() / (d.norm() + EPS) * d
         return diff
 
-    def perturb(self, diff: dict):
-        """Add gamma * diff to the weights. Returns the state ``restore`` needs."""
+    def perturb(self, diff: dict) -> dict:
+        """w <- w + gamma * diff (the authors' ``add_into_weights``). Returns the state ``restore`` needs."""
+        self._add(diff, self.gamma)
+        return diff
+
+    def restore(self, diff: dict):
+        """w <- w - gamma * diff on the weights the optimizer has just updated, as the authors' ``restore``: the
+        perturbation leaves and the update stays."""
+        self._add(diff, -self.gamma)
+
+    def _add(self, diff: dict, coeff: float):
         params = dict(self.model.named_parameters())
-        state = {}
         with torch.no_grad():
             for name, d in diff.items():
-                p = params[name]
-                original = p.detach().clone()
-                p.add_(self.gamma * d)
-                state[name] = (original, p.detach().clone())
-        return state
-
-    def restore(self, state):
-        """Remove the perturbation, keeping whatever update the optimizer made since ``perturb``:
-        w <- w_original + (w_now - w_perturbed), which is exactly w_original when no step was taken."""
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, (original, perturbed) in state.items():
-                p = params[name]
-                p.copy_(original + (p - perturbed))
+                params[name].add_(coeff * d)

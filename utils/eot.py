@@ -67,10 +67,12 @@ def eot_input_grad(model, x: torch.Tensor, y: torch.Tensor, loss_fn, eot_iter: i
     return grad / n, loss_sum / n
 
 
-def eot_backward(loss_fn, eot_iter: int = 1, model=None):
+def eot_backward(loss_fn, eot_iter: int = 1, model=None, params=None):
     """Accumulate weight gradients over ``eot_iter`` noisy passes (the GSeM reference's ``gra_eot_num``): calls
-    ``loss_fn() -> (loss, logits, terms)`` that many times, backpropagating ``loss / eot_iter`` each time, so the
-    accumulated ``.grad`` is the mean gradient and train-mode BatchNorm sees separate updates, as in the reference.
+    ``loss_fn() -> (loss, logits, terms)`` that many times, backpropagating each loss, then divides the accumulated
+    ``.grad`` of ``params`` (default ``model.parameters()``; zero or None before the call) by ``eot_iter``, the
+    reference's order of operations (``p.grad.data /= gra_eot_num``), so the result is the mean gradient and
+    train-mode BatchNorm sees separate updates, as in the reference.
 
     With a DistributedDataParallel ``model``, gradients are synchronised once, on the last pass.
     Returns:
@@ -78,13 +80,18 @@ def eot_backward(loss_fn, eot_iter: int = 1, model=None):
     """
     if eot_iter < 1:
         raise ValueError(f"EOT needs eot_iter >= 1, got {eot_iter}")
+    params = list(model.parameters() if params is None else params)
     total, sums = 0.0, {}
     for i in range(eot_iter):
         sync = i == eot_iter - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             loss, logits, terms = loss_fn()
-            (loss / eot_iter).backward()
+            loss.backward()
         total = total + loss.detach()
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + v.detach()
+    if eot_iter > 1:
+        for p in params:
+            if p.grad is not None:
+                p.grad.div_(eot_iter)
     return total / eot_iter, logits.detach(), {k: v / eot_iter for k, v in sums.items()}

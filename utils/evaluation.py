@@ -194,9 +194,17 @@ def add_eval_args(p, *, attacks: list[str], batch_size: int) -> None:
 
 
 def check_attack_names(p: argparse.ArgumentParser, args) -> None:
+    """Unknown attack names, and a file knob an attack needs left empty (``transfer`` without ``--surrogate``), are
+    errors before anything runs."""
     unknown = [a for a in args.attacks if a != "Clean" and a not in list_attacks()]
     if unknown:
         p.error(f"unknown attack(s) {', '.join(unknown)}; valid: Clean, {', '.join(list_attacks())}")
+    for name in (a for a in args.attacks if a in ATTACKS):
+        for k in ATTACKS[name].knobs:
+            if k.type is str and k.default == "" and not getattr(args, k.name, ""):
+                p.error(f"the {name} attack needs {k.option_strings[0]} ({k.help})")
+            if k.unit == "path" and getattr(args, k.name, "") and not os.path.isfile(getattr(args, k.name)):
+                p.error(f"{k.option_strings[0]}: no such file: {getattr(args, k.name)}")
 
 
 def attack_pass(model, loader, device, attack, *, amp=False, bar=True, desc="attack", keep=False) -> dict:
@@ -408,40 +416,71 @@ def weaker_than(strong: dict, weak: dict, strong_acc: float | None = None, weak_
     return sa - wa > 2 * standard_error(wa, n)
 
 
+# gradient attacks at an L-inf eps (the masked-gradient PGD too: a black-box attack beating every white-box attack
+# run, the uncorrected one included, is the sign of masking whichever gradient the evaluation used)
+WHITE_BOX = ("PGD500", "PGD", "PGD-uncorrected", "APGD500", "AA", "AA-standard", "AA-rand")
+BLACK_BOX = ("Square", "transfer")  # attacks that never use the evaluated model's gradient
+
+
+def _same_but(a: dict, b: dict, *keys) -> bool:
+    """Whether two rows' settings agree on every knob except ``keys``."""
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    return all(sa.get(k) == sb.get(k) for k in set(sa) | set(sb) if k not in keys)
+
+
 def masking_checks(rows: dict) -> tuple[dict, list]:
     """Checks on the rows of one run, without running anything: a stronger attack must not leave more accuracy than
     a weaker one at the same budget on the same points (:func:`weaker_than`: twice the fooled points, or a paired
     sign test on the points where they disagree), else the stronger one's gradients are suspect or it was cut short:
 
     - AutoAttack (any version) and APGD500 must not be weaker than PGD500 at the same eps;
+    - the corrected gradient must not be weaker than the masked one: PGD500 against ``PGD-uncorrected`` at the same
+      settings (GSeM's claim that the correction restores the true gradient);
+    - the strongest white-box attack at an eps must not be weaker than a gradient-free (``Square``) or transfer
+      attack at that eps (masked gradients make a white-box attack weaker than one that does not use them);
+    - more EOT samples must not make an attack stronger: the same attack at the same settings with more
+      ``eot_iter`` must not leave less accuracy (else the EOT count is too small to see through the noise);
     - the gradient-free flow random search must not beat the gradient flow attack at the same flow budget (masked
       flow gradients);
     - ADef capped at e must not be weaker than the minimum-deformation ADef within e (any cap: the accuracy at e is
       computed from the per-example minimal deformations).
 
     Returns:
-        ``(checks, warnings)``: ``checks`` maps "<stronger> vs <weaker>" to the accuracy difference.
+        ``(checks, warnings)``: ``checks`` maps "<stronger> vs <weaker>" to ``{"passed", "stronger_acc",
+        "weaker_acc", "difference", "n", "what"}``; a warning per failed check.
     """
     checks, warnings = {}, []
 
-    def compare(strong: dict, weak: dict, weak_label: str, why: str, weak_acc: float | None = None):
+    def compare(strong: dict, weak: dict, weak_label: str, why: str, what: str, weak_acc: float | None = None):
         wa = weak["acc"] if weak_acc is None else weak_acc
-        checks[f"{strong['label']} vs {weak_label}"] = strong["acc"] - wa
-        if weaker_than(strong, weak, None if weak_acc is None else strong["acc"], weak_acc):
+        failed = weaker_than(strong, weak, None if weak_acc is None else strong["acc"], weak_acc)
+        checks[f"{strong['label']} vs {weak_label}"] = {
+            "passed": not failed, "what": what, "stronger_acc": strong["acc"], "weaker_acc": wa,
+            "difference": strong["acc"] - wa, "n": strong["n_examples"]}
+        if failed:
             warnings.append(f"{strong['label']} leaves {100 * strong['acc']:.2f}% where {weak_label} leaves "
                             f"{100 * wa:.2f}% on the same points: {why}")
 
     pairs = [(a, b) for a in rows.values() for b in rows.values() if a is not b and a["n_examples"] == b["n_examples"]]
+    eps = {id(r): r.get("settings", {}).get("eps") for r in rows.values()}
     for strong, weak in pairs:
         kind = (strong["attack"], weak["attack"])
-        if kind[1] == "PGD500" and kind[0] in ("AA", "AA-standard", "AA-rand", "APGD500") \
-                and strong["settings"].get("eps") == weak["settings"].get("eps"):
+        same_eps = eps[id(strong)] is not None and eps[id(strong)] == eps[id(weak)]
+        if kind[1] == "PGD500" and kind[0] in ("AA", "AA-standard", "AA-rand", "APGD500") and same_eps:
             compare(strong, weak, weak["label"],
                     f"{strong['attack']} should be at least as strong as PGD500 at the same eps; suspect gradient "
-                    f"masking or a run cut short (see its label)")
+                    f"masking or a run cut short (see its label)", "stronger attack not weaker than PGD500")
+        if kind == ("PGD500", "PGD-uncorrected") and _same_but(strong, weak):
+            compare(strong, weak, weak["label"], "the corrected gradient is weaker than the masked one; the "
+                    "correction does not restore the gradient", "corrected gradient not weaker than masked")
+        if kind[0] == weak["attack"] and kind[0] in WHITE_BOX and _same_but(strong, weak, "eot_iter") \
+                and strong["settings"].get("eot_iter", 0) < weak["settings"].get("eot_iter", 0):
+            compare(strong, weak, weak["label"], f"more EOT samples make the attack stronger; "
+                    f"{strong['settings'].get('eot_iter')} are too few to see through the model's noise",
+                    "EOT count large enough")
         if kind == ("flow", "flow-rs") and strong["settings"].get("flow_eps") == weak["settings"].get("flow_eps"):
             compare(strong, weak, weak["label"], "a gradient-free attack beats the gradient attack at the same "
-                    "budget; suspect masked flow gradients")
+                    "budget; suspect masked flow gradients", "gradient flow attack not weaker than random search")
         cap = strong["settings"].get("adef_max_norm")
         if kind == ("adef", "adef") and cap is not None and weak["settings"].get("adef_max_norm") is None:
             at = acc_at_budget(weak, cap)
@@ -449,8 +488,27 @@ def masking_checks(rows: dict) -> tuple[dict, list]:
                 # ADef capped at e follows the minimum-deformation ADef's path and overshoots up to e: it fools at
                 # least what that one fooled within e
                 compare(strong, weak, f"{weak['label']} at {cap:g} px", "the capped ADef is weaker than the "
-                        "minimum-deformation ADef within the same T-norm", weak_acc=at)
+                        "minimum-deformation ADef within the same T-norm", "capped ADef not weaker", weak_acc=at)
+    for weak in (r for r in rows.values() if r["attack"] in BLACK_BOX):
+        white = [r for r in rows.values() if r["attack"] in WHITE_BOX and r["n_examples"] == weak["n_examples"]
+                 and eps[id(r)] == eps[id(weak)]]
+        if white:
+            strong = min(white, key=lambda r: r["acc"])  # the strongest white-box attack at this eps
+            compare(strong, weak, weak["label"], f"{weak['attack']} does not use the model's gradient and is "
+                    f"stronger than every white-box attack at this eps; suspect gradient masking",
+                    f"white-box not weaker than {weak['attack']}")
     return checks, warnings
+
+
+def check_lines(checks: dict) -> list[str]:
+    """One console line per check: ``check <name>: pass|FAIL (numbers)``."""
+    out = []
+    for name, c in checks.items():
+        if isinstance(c, dict) and "passed" in c:
+            nums = ", ".join(f"{k} {100 * v:.2f}%" if k.endswith("acc") else f"{k} {v}" for k, v in c.items()
+                             if k not in ("passed", "what", "difference") and isinstance(v, (int, float)))
+            out.append(f"check {name}: {'pass' if c['passed'] else 'FAIL'} ({nums})")
+    return out
 
 
 def standard_error(acc: float, n: int) -> float:
@@ -461,36 +519,41 @@ def standard_error(acc: float, n: int) -> float:
 def sanity_checks(model, loader, device, cfg: AttackConfig, *, amp=False, rows=None, attacks=None, n=1,
                   bar=True) -> tuple[dict, list]:
     """Checks against gradient masking on ``loader``, with the registry's PGD at ``cfg``'s budget, EOT and step
-    scaling: unbounded PGD (eps = 1, step 0.1, 50 steps) must reach ~0 %, PGD500 must not do worse than PGD-10, and
-    gradient-free Square must not fool points that the white-box stages of an AA-style :class:`MultiAttack` missed.
+    scaling: unbounded PGD (eps = 1, step 0.1, 50 steps whatever the step scaling) must reach ~0 %, PGD500 must not
+    do worse than PGD-10, and gradient-free Square must not fool points that the white-box stages of an AA-style
+    :class:`MultiAttack` missed.
 
     Args:
         rows: label -> row (``attack``, ``acc``) of the attacks already run; ``attacks``: label -> attack object.
         n: number of evaluated points (for the standard error).
     Returns:
-        ``(checks, warnings)``.
+        ``(checks, warnings)``: checks as :func:`masking_checks`'s (``passed`` and the numbers).
     """
     checks, warnings = {}, []
     rows, attacks = rows or {}, attacks or {}
     pgd500 = [r for r in rows.values() if r["attack"] == "PGD500"]
-    big, _ = build_attack("PGD", model, cfg.replace(eps=1.0, pgd_steps=50, pgd_alpha=0.1))
+    big, _ = build_attack("PGD", model, cfg.replace(eps=1.0, pgd_steps=50, pgd_alpha=0.1, steps_scale=1.0))
     few, _ = build_attack("PGD", model, cfg.replace(pgd_steps=10, pgd_alpha=2 / 255))
     acc = evaluate(model, loader, device, {"unbounded": big, "PGD10": few}, bar=bar, desc="sanity", amp=amp)
-    checks["unbounded_pgd_acc"] = acc["unbounded"]
+    checks["unbounded PGD reaches 0"] = {"passed": acc["unbounded"] <= 0.01, "what": "PGD at eps 1 (50 steps of "
+                                         "0.1) leaves at most 1%", "unbounded_acc": acc["unbounded"], "n": n}
     if acc["unbounded"] > 0.01:
         warnings.append(f"PGD with eps = 1 (unbounded) leaves {100 * acc['unbounded']:.2f}% accuracy: gradients may "
                         f"be masked or the attack too short")
-    checks["pgd10_acc"] = acc["PGD10"]
     if pgd500:
         longer = pgd500[0]["acc"]
-        checks["pgd500_minus_pgd10"] = longer - acc["PGD10"]
-        if longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n):
+        failed = longer > acc["PGD10"] + 2 * standard_error(acc["PGD10"], n)
+        checks["PGD500 vs PGD10"] = {"passed": not failed, "what": "more PGD steps do not help the model",
+                                     "pgd500_acc": longer, "pgd10_acc": acc["PGD10"], "n": n}
+        if failed:
             warnings.append(f"PGD500 ({100 * longer:.2f}%) is weaker than PGD10 ({100 * acc['PGD10']:.2f}%): more "
                             f"steps should not help the model; suspect gradient masking")
     for name, attack in attacks.items():
         if isinstance(attack, MultiAttack):
             square = attack.fooled_by.get("Square", 0)
-            checks[f"{name}_square_only_successes"] = square
+            checks[f"{name}: Square finds nothing new"] = {
+                "passed": square == 0, "what": "gradient-free Square fools no point the white-box stages missed",
+                "square_only_successes": square, "n": n}
             if square > 0:
                 warnings.append(f"{name}: gradient-free Square fooled {square} points the white-box stages missed; "
                                 f"suspect gradient masking")

@@ -72,8 +72,8 @@ def half_adversarial(attack):
 
 
 class TrainStep:
-    """One optimisation step, top to bottom: make the input, AWP perturb, ``eot_iter`` passes of
-    ``(loss / eot_iter).backward()`` (gradients synchronised once, on the last pass, under DDP), optimizer step, AWP
+    """One optimisation step, top to bottom: make the input, AWP perturb, ``eot_iter`` passes of ``loss.backward()``
+    and the gradients divided by ``eot_iter`` (synchronised once, on the last pass, under DDP), optimizer step, AWP
     restore.
 
     Args:

@@ -4,7 +4,7 @@ model through ``evaluate_gsem.py`` (the paper's suite with the corrected gradien
 gradient-free Square, a transfer attack, robust accuracy against eps, noise draws) and gives each model a
 gradient-masking verdict from the declared checks (``utils.evaluation.masking_checks`` and ``sanity_checks``).
 
-    python benchmarks/gsem_demo.py --docs     # about an hour and a half on an idle 2-core CPU; writes docs/gsem.md
+    python benchmarks/gsem_demo.py --docs     # 2-core CPU: 46 min of training, 42 min of attacks; docs/gsem.md
     python benchmarks/gsem_demo.py --quick    # the same pipeline at toy size, about a minute (the suite runs it)
 
 Models (``--dataset_name digits``, batch 64, lr 0.05 with x0.1 at 70 % of the epochs, one reload, PGD-10 at 8/255

@@ -84,7 +84,8 @@ COLUMNS = [("PGD500", "PGD"), ("PGD-uncorrected", "PGD, masked grad."), ("CW100"
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=str, default="results/gsem_demo", help="folder of checkpoints and result files")
+    p.add_argument("--out", type=str, default="", help="folder of checkpoints and result files (default "
+                   "results/gsem_demo, results/gsem_demo_quick for --quick: --reuse never mixes the two)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs of each small-CNN model")
     p.add_argument("--resnet_epochs", type=int, default=10, help="training epochs of the ResNet-18 pair")
     p.add_argument("--n", type=int, default=200, help="test digits evaluated (of 300); the ResNets: half")
@@ -100,6 +101,7 @@ def main(argv=None):
     p.add_argument("--docs", action="store_true", help="write the table and the figure into docs/gsem.md")
     p.add_argument("--no_bar", action="store_true", help="hide progress bars")
     args = p.parse_args(argv)
+    args.out = args.out or ("results/gsem_demo_quick" if args.quick else "results/gsem_demo")
     # the order they run in: the ablations beyond --gradient_correction none last (the table keeps MODELS' order)
     keys = ["gsem"] + (["gsem-none"] if "none" in args.ablations else []) + ["gsem-mart", "gsem-awp", "pgd-at",
                                                                               "trades", "mixed"]

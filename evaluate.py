@@ -22,7 +22,7 @@ from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
-                              load_for_evaluation, masking_checks, record_header, run_attacks, test_loader)
+                              load_for_evaluation, masking_checks, record_header, run_attacks, subsets, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -47,7 +47,7 @@ def get_args(argv=None):
 
 def table(record) -> list[str]:
     lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
-             f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images", "",
+             f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images{subsets(record)}", "",
              "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
              "| accuracy (%) at T-norm budgets, px (minimum-deformation attacks) | settings |",
              "|---|---|---|---|---|---|"]
@@ -78,11 +78,10 @@ def runs_beside(path: str, args) -> str:
 
 
 def reference_keys(old: dict, record: dict) -> None:
-    """The reference's keys, settled at every write: ``val_acc`` is the clean accuracy, but a subset never replaces
-    the whole test set's; ``adv_acc`` is the ``flow`` row's (the authors' attack at their settings, whole test set)."""
+    """The reference's keys, settled at every write: ``val_acc`` is the clean accuracy on the most points evaluated
+    (a subset never replaces the whole test set's); ``adv_acc`` is the ``flow`` row's (the authors' attack at their
+    settings, whole test set)."""
     record["val_acc"], record["val_n"] = record["clean"]["acc"], record["clean"]["n"]
-    if old.get("val_n") and old["val_n"] > record["val_n"]:
-        record["val_acc"], record["val_n"] = old["val_acc"], old["val_n"]
     record["adv_acc"] = record["rows"]["flow"]["acc"] if "flow" in record["rows"] else None
 
 
@@ -129,7 +128,7 @@ def main(args):
     size = loader.dataset[0][0].shape[-1]
     rows, _ = run_attacks(model, loader, device, args, n=n, n_total=n_total, n_classes=n_classes, image_size=size,
                           results=results, table=table, say=say, line=line,
-                          on_clean=lambda acc: say(f"val   - acc: {acc:.4f}"))
+                          on_clean=lambda acc: say(f"val   - acc: {acc:.4f}  ({n} test images)"))
     record["checks"], record["warnings"] = masking_checks(results.rows)  # every row of the file: earlier runs too
     for text in check_lines(record["checks"]):
         say(text)

@@ -27,7 +27,7 @@ from utils.data import fgr_transforms
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
                               load_for_evaluation, masking_checks, record_header, run_attacks, sanity_checks,
-                              test_loader)
+                              subsets, test_loader)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 
@@ -69,7 +69,7 @@ def table(record: dict) -> list[str]:
     clean = record["clean"]
     lines = [f"Model `{record['model']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}), "
              f"{record['dataset_name']}, alpha {record['alpha']}, beta {record['beta']}: clean accuracy "
-             f"{100 * clean['acc']:.2f}% on {clean['n']} test images", "",
+             f"{100 * clean['acc']:.2f}% on {clean['n']} test images{subsets(record)}", "",
              "| attack | robust accuracy (%) | on clean-correct points (%) | mean ± std over draws | points "
              "| settings | time (s) |", "|---|---|---|---|---|---|---|"]
     for label, r in record["rows"].items():
@@ -78,8 +78,9 @@ def table(record: dict) -> list[str]:
         lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['acc_on_clean_correct']:.2f} | {spread} | "
                      f"{r['n_examples']} | {sets} | {r['seconds']:.0f} |")
     if "worst_case" in record:
-        lines.append(f"| worst case ({', '.join(record['worst_case']['attacks'])}) | "
-                     f"{100 * record['worst_case']['acc']:.2f} | – | – | – | – | – |")
+        worst = record["worst_case"]
+        lines.append(f"| worst case ({', '.join(worst['attacks'])}) | {100 * worst['acc']:.2f} | – | – | "
+                     f"{worst.get('n', '–')} | – | – |")
     checks = check_lines({**record.get("checks", {}), **record.get("sanity", {})})
     if checks:
         lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks]
@@ -132,7 +133,7 @@ def main(args):
 
     def line(name, row):
         if row is None:
-            say(f"Clean: {100 * record['clean']['acc']:.2f}%")
+            say(f"Clean: {100 * results.clean['acc']:.2f}% ({n} test images)")
             return
         cw = f" (unbounded L2, {row['attack_settings'].get('steps')} steps)" if name == "CW100" else ""
         spread = (f"  [mean {100 * row['mean']:.2f} ± {100 * row['std']:.2f} over {len(row['accs'])} draws]"
@@ -145,10 +146,10 @@ def main(args):
                                 image_size=size, results=results, table=table, say=say, line=line)
     if args.worst_case:
         names = list(rows) or ["Clean"]
-        robust = torch.tensor([c == "1" for c in record["clean"]["flags"]])
+        robust = torch.tensor([c == "1" for c in results.clean["flags"]])
         for name in rows:
             robust &= torch.tensor([c == "1" for c in rows[name]["robust_flags"]])
-        record["worst_case"] = {"attacks": names, "acc": int(robust.sum()) / n}
+        record["worst_case"] = {"attacks": names, "acc": int(robust.sum()) / n, "n": n}
         say(f"Worst case: {100 * record['worst_case']['acc']:.2f}%")
     record["checks"], record["warnings"] = masking_checks(results.rows)  # every row of the file: earlier runs too
     if args.sanity_checks:

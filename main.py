@@ -16,7 +16,7 @@ import torch
 from attacks import FlowAttack
 from models import build_model
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
-from utils.argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from utils.argtypes import momentum, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
 from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
 from utils.datasets import dataset_stats, num_channels, num_classes
@@ -35,7 +35,7 @@ def parser() -> Parser:
     p.add_argument("--batch_size", type=positive_int, default=128,
                    help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
     p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
-    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    p.add_argument("--momentum", type=momentum, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
     p.add_argument("--milestones", type=positive_int, nargs="+", default=[40, 60],
                    help="epochs at which lr is multiplied by 0.1")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from utils.argtypes import nonneg_float, positive_int
+from utils.argtypes import positive_int, step_255
 from utils.eot import eot_input_grad
 
 from .base import Attack, Uncorrected
@@ -86,7 +86,7 @@ def pgd500_uncorrected(model, cfg):
 
 
 PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack")
-PGD_ALPHA = Knob("pgd_alpha", nonneg_float, 2.0, "step of the general PGD attack", unit="1/255", scale=1 / 255)
+PGD_ALPHA = Knob("pgd_alpha", step_255, 2.0, "step of the general PGD attack", unit="1/255", scale=1 / 255)
 
 
 @register_attack("PGD", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, STEPS_SCALE, budget=Budget("eps", "linf"))

@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from utils.argtypes import nonneg_float, positive_int
+from utils.argtypes import positive_int, rotation_deg, translation_px
 from utils.flow import pixel_flow_to_normalized, warp
 
 from .base import Attack
@@ -87,8 +87,8 @@ def _odd(count: int, scale: float) -> int:
     return max(1, 2 * round((count - 1) / 2 * scale) + 1)
 
 
-@register_attack("rt-grid", Knob("rt_max_rotation", nonneg_float, 30.0, "largest rotation of the grid", unit="deg"),
-                 Knob("rt_max_translation", nonneg_float, 3.0, "largest translation of the grid", unit="px"),
+@register_attack("rt-grid", Knob("rt_max_rotation", rotation_deg, 30.0, "largest rotation of the grid", unit="deg"),
+                 Knob("rt_max_translation", translation_px, 3.0, "largest translation of the grid", unit="px"),
                  Knob("rt_rotations", positive_int, 31, "rotations on the grid"),
                  Knob("rt_translations", positive_int, 5, "translations per axis on the grid"), STEPS_SCALE,
                  budget=Budget(("rt_max_rotation", "rt_max_translation"), "rotation_translation"))

@@ -101,7 +101,7 @@ def main(argv=None):
     tables.main(["--result_path", results, "--out", os.path.join(results, "table.md")])
     text = tables.main(["--result_path", results, "--out", os.path.join(results, "table_docs.md"), "--columns",
                         *COLUMNS])
-    figure = plots.plot_budgets(plots.load_results(results), os.path.join(results, "digits.png"))
+    figure = plots.plot_budgets(tables.collect(results), os.path.join(results, "digits.png"))
     note = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}: "
             f"{trained / 60:.1f} min of training, {(seconds - trained) / 60:.1f} min of evaluation")
     print(f"{note}\nwrote {os.path.join(results, 'table.md')} and {', '.join(figure)}")

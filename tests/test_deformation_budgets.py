@@ -16,7 +16,7 @@ from attacks import AttackConfig, build_attack
 from attacks.spatial import rigid_flow
 from attacks.stadv import StAdvReference, released_flow_loss
 from realdata import digits_tensors, train_digits_classifier
-from utils import plots
+from utils import plots, tables
 from utils.evaluation import attack_pass, make_row, masking_checks
 from utils.flow import pixel_flow_to_normalized, warp
 from utils.losses import gradient_regularized
@@ -195,9 +195,9 @@ def test_budget_sweeps_make_one_row_each_and_the_curves_are_drawn_from_the_files
     assert {k for k in record["rows"] if k.startswith("flow")} == {"flow [flow_eps=0.005, flow_steps=2, n=8]",
                                                                     "flow [flow_eps=0.02, flow_steps=2, n=8]"}
     assert set(record["rows"]["adef [adef_steps=3, n=8]"]["deformation"]["acc_at_budget_px"]) == {"0.1", "1"}
-    panels = plots.budget_curves(plots.load_results(str(tmp_path / "r")))
-    assert set(panels) == {"adef [adef_steps=3, n=8]: T-norm budget (px)", "flow: flow_eps"}
-    assert [b for b, _ in next(iter(panels["flow: flow_eps"].values()))] == [0.005, 0.02]
+    panels = plots.budget_curves(tables.collect(str(tmp_path / "r")))
+    assert set(panels) == {("adef [adef_steps=3]", "T-norm budget (px)"), ("flow", "flow_eps")}
+    assert [b for b, _ in next(iter(panels["flow", "flow_eps"].values()))] == [0.005, 0.02]
     plots.main(["--result_path", str(tmp_path / "r"), "--out", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig_budgets.png").stat().st_size > 10_000
     on_disk = json.loads((tmp_path / "r" / "m.json").read_text())["rows"]["adef [adef_steps=3, n=8]"]

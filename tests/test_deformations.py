@@ -10,7 +10,7 @@ import main
 from attacks import ADef, StAdv
 from attacks.adef import gaussian_filter
 from conftest import trained_tiny_model
-from utils import plots
+from utils import plots, tables
 from utils.flow import flow_norms_pixels, pixel_flow_to_normalized, warp
 
 
@@ -104,11 +104,13 @@ def test_plot_command_writes_png_and_pdf(tmp_path, capsys):
                "args": {"fgr_lamb": float(lamb), "reg": "fgr", "adv_train": "none", "data_name": "cifar10",
                         "model_name": "vgg11"}}
         (tmp_path / f"r{lamb}.json").write_text(json.dumps(rec))
-    assert plots.label_of(rec) == "cifar10 vgg11 FGR λ=300"  # dataset and model in every label
+    entries = tables.collect(str(tmp_path))
+    assert sorted(plots.run_names(entries).values()) == ["cifar10 vgg11 FGR λ=100", "cifar10 vgg11 FGR λ=300",
+                                                         "cifar10 vgg11 plain"]  # dataset and model in every name
     plots.main(["--result_path", str(tmp_path), "--out", str(tmp_path / "fig" / "sweep.png"), "--reference"])
     png, pdf = tmp_path / "fig" / "sweep.png", tmp_path / "fig" / "sweep.pdf"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert pdf.read_bytes()[:4] == b"%PDF"
     with pytest.raises(SystemExit) as e:
         plots.main(["--result_path", str(tmp_path / "fig"), "--out", str(tmp_path / "x.png")])
-    assert e.value.code == 2 and "no evaluate.py result files" in capsys.readouterr().err
+    assert e.value.code == 2 and "no result files of evaluate.py" in capsys.readouterr().err

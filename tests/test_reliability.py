@@ -338,6 +338,12 @@ def test_a_crafted_resume_state_deletes_nothing_outside_the_run(cifar10_root, tm
     (train_gsem, ["--best_acc", "1"], "must be below 1"),
     (train_gsem, ["--seed", str(2 ** 64)], "must be an integer in [0, 2^63 - 1]"),
     (evaluate_gsem, ["--model_load_path", "x.pt", "--eps", "300"], "at most 255"),
+    (evaluate, ["--rt_max_rotation", "1000"], "at most 180"),
+    (evaluate, ["--rt_max_translation", "100"], "at most 16 (half of the 32 x 32 images"),
+    (evaluate_gsem, ["--model_load_path", "x.pt", "--pgd_alpha", "300"], "at most 255"),
+    (main, ["--momentum", "2"], "must be in [0, 1)"),
+    (train_gsem, ["--momentum", "1"], "must be in [0, 1)"),
+    (train_gsem, ["--step_size", "256"], "at most 255"),
 ])
 def test_values_out_of_range_are_refused(script, argv, expected, capsys):
     with pytest.raises(SystemExit) as e:

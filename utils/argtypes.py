@@ -130,6 +130,40 @@ def eps_255(text: str) -> float:
     return value
 
 
+def momentum(text: str) -> float:
+    """SGD momentum, in [0, 1) (at 1 or above the updates grow without bound; both papers use 0.9)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (SGD momentum; both papers use 0.9), got {text}")
+    return value
+
+
+def step_255(text: str) -> float:
+    """A step of pixel values in 1/255 units, in (0, 255] (a larger step leaves the [0, 1] range in one move)."""
+    value = positive_float(text)
+    if value > 255:
+        raise argparse.ArgumentTypeError(f"is in 1/255 units and at most 255 (the whole [0, 1] range), got {text}")
+    return value
+
+
+def rotation_deg(text: str) -> float:
+    """A largest rotation in degrees, in [0, 180] (180 covers every angle)."""
+    value = nonneg_float(text)
+    if value > 180:
+        raise argparse.ArgumentTypeError(f"is a largest rotation in degrees, at most 180 (every angle), got {text}")
+    return value
+
+
+def translation_px(text: str) -> float:
+    """A largest translation in pixels, in [0, 16]: half of the 32 x 32 images of every dataset here (further, the
+    centre of the image leaves it)."""
+    value = nonneg_float(text)
+    if value > 16:
+        raise argparse.ArgumentTypeError(f"is a largest translation in pixels, at most 16 (half of the 32 x 32 "
+                                         f"images; further, the image's centre leaves it), got {text}")
+    return value
+
+
 def flow_budget(text: str) -> float:
     """A flow magnitude in normalised align_corners=True units, in [0, 1] (1 = half the image; 0.01 = 0.155 px at
     32 x 32)."""

@@ -290,7 +290,8 @@ def make_row(name: str, label: str, draws: list[dict], clean_flags: torch.Tensor
     success = clean_flags & ~flags
     row = {"attack": name, "label": label, "acc": accs[0], "accs": accs, "mean": statistics.fmean(accs),
            "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "n_examples": int(flags.numel()),
-           "n_clean_correct": n_correct, "acc_on_clean_correct": int((flags & clean_flags).sum()) / max(n_correct, 1),
+           "clean_acc": n_correct / max(int(flags.numel()), 1), "n_clean_correct": n_correct,
+           "acc_on_clean_correct": int((flags & clean_flags).sum()) / max(n_correct, 1),
            "n_success": int(success.sum()), "success_rate": int(success.sum()) / max(n_correct, 1),
            "settings": settings, "attack_settings": attack_settings, "seeds": seeds, "seconds": seconds,
            "robust_flags": "".join("1" if f else "0" for f in flags.tolist())}
@@ -301,7 +302,8 @@ def make_row(name: str, label: str, draws: list[dict], clean_flags: torch.Tensor
 
 def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes: int, image_size: int, results,
                 table, say, line, on_clean=None) -> tuple[dict, dict]:
-    """The shared pipeline: the clean accuracy (one measurement, ``record["clean"]``), then each of ``args.attacks``
+    """The shared pipeline: the clean accuracy on this run's points (``results.clean``; the file keeps one per number
+    of points, ``record["clean"]`` the one on the most), then each of ``args.attacks``
     built from the parsed flags through the registry, ``args.repeat`` draws (seeds ``args.seed + r``), one row each,
     merged into ``results`` (a ``utils.results.ResultFile``) after every attack.
 
@@ -317,10 +319,11 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
     """
     seed_everything(args.seed)
     clean = evaluate(model, loader, device, bar=args.bar, desc="clean", return_flags=True)[1]["clean"]
-    results.record["clean"] = {"acc": clean.float().mean().item(), "n": int(clean.numel()),
-                               "flags": "".join("1" if f else "0" for f in clean.tolist())}
+    results.clean = {"acc": clean.float().mean().item(), "n": int(clean.numel()), "data_sha256": loader.data_sha256,
+                     "flags": "".join("1" if f else "0" for f in clean.tolist())}
+    results.record["clean"] = results.clean
     if on_clean is not None:
-        on_clean(results.record["clean"]["acc"])
+        on_clean(results.clean["acc"])
     stochastic = is_stochastic(model)
     extra = {**({"n": n} if n < n_total else {}), **({"repeat": args.repeat} if args.repeat > 1 else {}),
              **({"seed": args.seed} if stochastic and args.seed != 0 else {}), **({"amp": True} if args.amp else {})}
@@ -367,6 +370,12 @@ def run_one(model, loader, device, args, name, cfg, label, clean_flags, stem="ad
         for k in KEPT:
             draws[0].pop(k, None)
     return row, first[0]
+
+
+def subsets(record: dict) -> str:
+    """The markdown tables' note of the clean accuracy on fewer points (the subsets evaluated), beside a row's own."""
+    cleans = [c for c in (record.get("cleans") or {}).values() if c["n"] != record["clean"]["n"]]
+    return "".join(f"; on the first {c['n']}: {100 * c['acc']:.2f}%" for c in cleans)
 
 
 def row_flags(row: dict) -> list | None:

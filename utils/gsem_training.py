@@ -18,7 +18,8 @@ from attacks.trades import TradesPGD
 from models import build_model, model_options
 
 from . import distributed as dist
-from .argtypes import accuracy_threshold, eps_255, nonneg_float, nonneg_int, positive_float, positive_int
+from .argtypes import (accuracy_threshold, eps_255, momentum, nonneg_float, nonneg_int, positive_float, positive_int,
+                       step_255)
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
 from .cli import Parser, add_bool, add_run_args, add_speed_args, check_model_name, run_suffix
@@ -48,7 +49,7 @@ def add_gsem_train_args(p: Parser, loss: str = "mixed") -> None:
     p.add_argument("--beta", type=nonneg_int, default=4, help="GSeM noise: integers in [-beta, beta] (0 = no noise)")
     p.add_argument("--batch_size", type=positive_int, default=256, help="batch size")
     p.add_argument("--lr", type=positive_float, default=0.01, help="SGD learning rate")
-    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    p.add_argument("--momentum", type=momentum, default=0.9, help="SGD momentum")
     p.add_argument("--weight_decay", type=nonneg_float, default=3.5e-3, help="SGD weight decay")
     p.add_argument("--milestones", type=positive_int, nargs="+", default=[60, 110], help="lr x0.1 at these epochs")
     p.add_argument("--epochs", type=positive_int, default=150, help="epochs per reload")
@@ -58,7 +59,7 @@ def add_gsem_train_args(p: Parser, loss: str = "mixed") -> None:
     p.add_argument("--gra_eot_num", type=positive_int, default=10, help="noisy passes per weight update (EOT)")
     p.add_argument("--att_eot_num", type=positive_int, default=10, help="noisy passes per attack step (EOT)")
     p.add_argument("--eps", type=eps_255, default=8.0, help="training attack L-inf budget, in 1/255 units (8 = 8/255)")
-    p.add_argument("--step_size", type=positive_float, default=2.0, help="training attack step, in 1/255 units")
+    p.add_argument("--step_size", type=step_255, default=2.0, help="training attack step, in 1/255 units")
     p.add_argument("--attack_steps", type=positive_int, default=10, help="training attack PGD steps")
     add_bool(p, "batched_eot", True, "attack EOT as copies of the batch in one forward (same expectation; faster)",
              result=False)

@@ -139,6 +139,19 @@ def _same_source(old: dict, record: dict) -> bool:
     return old.get("checkpoint_sha256") == record["checkpoint_sha256"] and _data(old) == _data(record)
 
 
+def _merge_cleans(old: dict, record: dict, mine: dict | None) -> None:
+    """``record["cleans"]``: the clean accuracy per number of points evaluated (the file's and this run's; a subset is
+    the first n test points), and ``record["clean"]``: the one on the most points, so a run on a subset never replaces
+    the whole test set's clean accuracy."""
+    cleans = {}
+    for c in [old.get("clean"), *(old.get("cleans") or {}).values(), record.get("clean"), mine]:
+        if isinstance(c, dict) and isinstance(c.get("n"), int) and "acc" in c:
+            cleans[str(c["n"])] = c
+    if cleans:
+        record["cleans"] = dict(sorted(cleans.items(), key=lambda kv: int(kv[0])))
+        record["clean"] = cleans[max(cleans, key=int)]
+
+
 class ResultFile:
     """One checkpoint's results: a JSON file (and its markdown table) whose ``rows``, keyed by
     ``attacks.attack_label``, accumulate over runs. Every write re-reads the file under a lock, merges this run's
@@ -165,6 +178,7 @@ class ResultFile:
         record["format"] = FORMAT
         record.setdefault("rows", {})
         self.mine: set[str] = set()
+        self.clean: dict | None = None  # this run's clean accuracy (``{"acc", "n", ...}``), set by the pipeline
         self.earlier: dict = {}
         if not dist.is_main():
             return
@@ -212,6 +226,7 @@ class ResultFile:
             if not _same_source(old, self.record) or old.get("format") != FORMAT:
                 old = {}
             self.record["rows"] = {**old.get("rows", {}), **{k: self.rows[k] for k in self.mine}}
+            _merge_cleans(old, self.record, self.clean)
             if self.merge is not None:
                 self.merge(old, self.record)
             try:

@@ -21,8 +21,18 @@ from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name
 from utils.data import fgr_transforms
 from utils.datasets import dataset_stats, num_channels, num_classes
 from utils.errors import UserError, cli_entry
-from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
-                              load_for_evaluation, masking_checks, record_header, run_attacks, subsets, test_loader)
+from utils.evaluation import (
+    add_eval_args,
+    adopt_checkpoint_settings,
+    check_attack_names,
+    check_lines,
+    load_for_evaluation,
+    masking_checks,
+    record_header,
+    run_attacks,
+    subsets,
+    test_loader,
+)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 

@@ -22,12 +22,22 @@ from models import model_options
 from utils.argtypes import nonneg_int, positive_int
 from utils.checkpoint import load_checkpoint
 from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit_flags
-from utils.datasets import num_channels, num_classes
 from utils.data import fgr_transforms
+from utils.datasets import num_channels, num_classes
 from utils.errors import UserError, cli_entry
-from utils.evaluation import (add_eval_args, adopt_checkpoint_settings, check_attack_names, check_lines,
-                              load_for_evaluation, masking_checks, record_header, run_attacks, sanity_checks,
-                              subsets, test_loader)
+from utils.evaluation import (
+    add_eval_args,
+    adopt_checkpoint_settings,
+    check_attack_names,
+    check_lines,
+    load_for_evaluation,
+    masking_checks,
+    record_header,
+    run_attacks,
+    sanity_checks,
+    subsets,
+    test_loader,
+)
 from utils.results import ResultFile, ensure_writable
 from utils.runtime import show_args, start_run
 

@@ -15,8 +15,8 @@ import torch
 
 from attacks import FlowAttack
 from models import build_model
-from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
 from utils.argtypes import momentum, nonneg_float, nonneg_int, positive_float, positive_int
+from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
 from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
 from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
 from utils.datasets import dataset_stats, num_channels, num_classes

@@ -24,8 +24,14 @@ Workloads (random CIFAR-shaped data); "ours" is what the scripts do by default o
 Baselines are written as the reference code works: fp32, contiguous layout, EOT as a sequential loop, and the GSeM
 correction by the reference's pair of tensor hooks registered after each forward (X-L-Liu/GSeM).
 The two sides of a workload are timed in alternation and the median step is reported, so drift of the machine falls
-on both alike. Prints a markdown table naming the device (peak memory on CUDA; it includes the other side's resident
-weights, tens of MiB) and optionally writes JSON with one entry per workload holding both throughputs and their ratio.
+on both alike. Each workload's floating-point operations are counted once on "ours" (every matmul and convolution,
+forward, backward and double backward, by ``torch.utils.flop_counter``'s formulas; the baseline does the same
+arithmetic), giving achieved FLOP/s and the fraction of the device's peak, measured in the same run at the
+workload's dtype (the faster of a large matmul and a ResNet-sized convolution). What bounds a workload is read from
+that fraction and from the time per operator: compute (>= 40 % of peak), launch/Python overhead (under 30 us per
+operator on CPU, 15 us on CUDA), else memory traffic and the operators without FLOPs (normalisation, activations,
+copies). Prints a markdown table naming the device (peak memory on CUDA; it includes the other side's resident
+weights, tens of MiB) and optionally writes JSON with one entry per workload.
 """
 from __future__ import annotations
 
@@ -42,16 +48,18 @@ import time
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from attacks import PGD, ADef, FlowAttack, StAdv  # noqa: E402
 from attacks.autoattack_lib import apgd  # noqa: E402
-from utils.modes import eval_mode  # noqa: E402
 from models import build_model  # noqa: E402
 from models.gsem import GradSemiMaskModule  # noqa: E402
 from utils.data import DeviceLoader, fgr_device_transforms, fgr_transforms  # noqa: E402
 from utils.losses import cross_entropy, gradient_regularized  # noqa: E402
+from utils.modes import eval_mode  # noqa: E402
 from utils.precision import autocast, bf16_native  # noqa: E402
 from utils.runtime import fast_path  # noqa: E402
 from utils.training import TrainStep, half_adversarial  # noqa: E402
@@ -130,9 +138,13 @@ def reference_gsem_step(model, opt, x, y, attack_steps=10, att_eot=10, gra_eot=1
     opt.step()
 
 
+LEVERS = {"compile": False}  # --compile: ours with torch.compile (not FGR: its double backward is refused)
+
+
 def _setup(model_name, device, amp, double_backward=False):
     torch.manual_seed(0)
-    return fast_path(build_model(model_name, 10).to(device), device, amp=amp, double_backward=double_backward)
+    model = fast_path(build_model(model_name, 10).to(device), device, amp=amp, double_backward=double_backward)
+    return torch.compile(model) if LEVERS["compile"] and not double_backward else model
 
 
 def _timed_pair(fns, steps, warmup, device):
@@ -155,6 +167,81 @@ def _timed_pair(fns, steps, warmup, device):
             times[i].append(time.perf_counter() - t0)
     return [(statistics.median(t), peaks[i] if device.type == "cuda" else None, last[i])
             for i, t in enumerate(times)]
+
+
+class Counter(TorchDispatchMode):
+    """Counts the operators dispatched and their FLOPs (``torch.utils.flop_counter``'s formulas: matmuls and
+    convolutions, forward and every backward, including a double backward). ``FlopCounterMode`` itself cannot be
+    used: its module tracker breaks ``torch.autograd.grad`` inside the step."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.flops = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.ops += 1
+        count = flop_registry.get(func._overloadpacket)
+        if count is not None:
+            self.flops += count(*args, **kwargs, out_val=out)
+        return out
+
+
+def count(fn) -> dict:
+    """FLOPs and operators of one call of ``fn``."""
+    with Counter() as c:
+        fn()
+    return {"flops": c.flops, "ops": c.ops}
+
+
+def _median_seconds(fn, device, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_peak(device, dtype, smoke: bool = False) -> dict:
+    """The device's measured peak FLOP/s at ``dtype``: a large square matmul and a ResNet-sized 3x3 convolution
+    (the faster of the two is the peak)."""
+    n = 512 if smoke else (8192 if device.type == "cuda" else 2048)
+    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+    batch, ch, size = (4, 64, 16) if smoke else ((256, 256, 16) if device.type == "cuda" else (32, 256, 16))
+    x = torch.randn(batch, ch, size, size, device=device, dtype=dtype)
+    w = torch.randn(ch, ch, 3, 3, device=device, dtype=dtype)
+    if device.type == "cuda" or dtype != torch.float32:
+        x = x.to(memory_format=torch.channels_last)
+    reps = 2 if smoke else 5
+    with torch.no_grad():
+        mm = 2 * n ** 3 / _median_seconds(lambda: a @ b, device, reps)
+        conv = 2 * batch * ch * size * size * ch * 9 / _median_seconds(lambda: F.conv2d(x, w, padding=1), device, reps)
+    return {"matmul_flops_per_s": mm, "conv_flops_per_s": conv, "peak_flops_per_s": max(mm, conv),
+            "matmul_n": n, "conv_shape": [batch, ch, size, size]}
+
+
+def bound(fraction: float, flops: int, seconds: float, ops: int, device) -> str:
+    """What limits a workload (see the module docstring)."""
+    if flops == 0:
+        return "data movement and Python (no FLOPs)"
+    per_op = 1e6 * seconds / max(ops, 1)
+    if fraction >= 0.4:
+        return f"compute ({per_op:.0f} us/op)"
+    if per_op < (15 if device.type == "cuda" else 30):
+        return f"launch/Python overhead ({per_op:.0f} us/op)"
+    return f"memory and FLOP-free operators ({per_op:.0f} us/op)"
+
+
+def _dtype_of(workload: str, device) -> torch.dtype:
+    amp = workload.endswith("-amp") or workload == "gsem"
+    return torch.bfloat16 if amp and bf16_native(device) else torch.float32
 
 
 class _FakeCIFAR(torch.utils.data.Dataset):
@@ -195,8 +282,9 @@ def _digits(device_type: str, n: int):
     return model, x[ok][:n], y[ok][:n]
 
 
-def make_baseline(workload, device, x, y, k=RECIPE):
-    """A zero-argument function running one unit of ``workload`` as the reference code would."""
+def make_baseline(workload, device, x, y, k=RECIPE, model_name="GSeMResNet18"):
+    """A zero-argument function running one unit of ``workload`` as the reference code would (the GSeM workloads on
+    ``model_name``)."""
     torch.manual_seed(0)
     base = workload.removesuffix("-amp")
     if base in ("stadv", "adef"):  # the authors' attack, K = 100, on the same model and images
@@ -215,7 +303,7 @@ def make_baseline(workload, device, x, y, k=RECIPE):
         step = TrainStep(model, opt, functools.partial(gradient_regularized, lamb=300.0, sampler="gather"),
                          device=device)
         return lambda: step(x, y)
-    model = reference_model("GSeMResNet18", device)
+    model = reference_model(model_name, device)
     if base == "gsem":
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         model.train()
@@ -223,13 +311,14 @@ def make_baseline(workload, device, x, y, k=RECIPE):
     if base == "pgd":
         return lambda: reference_pgd(model.eval(), x, y, 8 / 255, 2 / 255, 1, k["eval_eot"])
     # the reference's AdaptiveAPGD adds J^T g_r explicitly, the same gradient as the correction in the module
-    model = build_model("GSeMResNet18", 10).to(device).eval()
+    model = build_model(model_name, 10).to(device).eval()
     attack = apgd(model, steps=1, restarts=1, eot_iter=k["eval_eot"])
     return lambda: attack(x, y)
 
 
-def make_ours(workload, device, x, y, k=RECIPE):
-    """A zero-argument function running one unit of ``workload`` with this repository's default fast path."""
+def make_ours(workload, device, x, y, k=RECIPE, model_name="GSeMResNet18"):
+    """A zero-argument function running one unit of ``workload`` with this repository's default fast path (the GSeM
+    workloads on ``model_name``)."""
     base, amp = workload.removesuffix("-amp"), workload.endswith("-amp") or workload == "gsem"
     if base in ("stadv", "adef"):
         model, xd, yd = _digits(device.type, len(x))
@@ -246,13 +335,13 @@ def make_ours(workload, device, x, y, k=RECIPE):
         step = TrainStep(model, opt, functools.partial(gradient_regularized, lamb=300.0, sampler="native"),
                          amp=amp, device=device)
     elif base == "gsem":
-        model = _setup("GSeMResNet18", device, amp).train()
+        model = _setup(model_name, device, amp).train()
         attack = PGD(model, 8 / 255, 2 / 255, k["attack_steps"], eot_iter=k["att_eot"], batched_eot=True)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         step = TrainStep(model, opt, cross_entropy, make_input=half_adversarial(attack), eot_iter=k["gra_eot"],
                          amp=amp, device=device)
     else:
-        model = _setup("GSeMResNet18", device, amp).eval()
+        model = _setup(model_name, device, amp).eval()
         attack = (PGD(model, 8 / 255, 2 / 255, 1, eot_iter=k["eval_eot"], batched_eot=True) if base == "pgd"
                   else apgd(model, steps=1, restarts=1, eot_iter=k["eval_eot"]))
 
@@ -272,16 +361,21 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed repetitions (median reported), sides alternating")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", type=str, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--compile", action="store_true", help="ours with torch.compile (a lever under test)")
     p.add_argument("--smoke", action="store_true",
                    help="batch 2, one step, every inner loop (attack steps, EOT passes) of size 2: checks it runs")
     args = p.parse_args(argv)
     k = {key: 2 for key in RECIPE} if args.smoke else RECIPE
+    LEVERS["compile"] = args.compile
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.smoke:
         args.batch_size, args.steps, args.warmup = 2, 1, 0
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    rows = {}
+    rows, peaks = {}, {}
     for w in args.workloads:
         b = args.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH).get(w.removesuffix("-amp"), 8)
         per_unit = b * (DATA_BATCHES if w == "data" else 1)
@@ -300,24 +394,43 @@ def main(argv=None):
                 with torch.no_grad():
                     row[side]["success_rate"] = (model(out).argmax(1) != yd).float().mean().item()
         row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
+        dtype = _dtype_of(w, device)
+        if dtype not in peaks:
+            peaks[dtype] = measure_peak(device, dtype, smoke=args.smoke)
+        work = count(fns[1])
+        peak = peaks[dtype]["peak_flops_per_s"]
+        for side in ("ours", "baseline"):
+            sec = row[side]["ms_per_step"] / 1000
+            row[side]["flops_per_s"] = work["flops"] / sec
+            row[side]["fraction_of_peak"] = work["flops"] / sec / peak
+        row.update(flops_per_step=work["flops"], ops_per_step=work["ops"], dtype=str(dtype).removeprefix("torch."),
+                   bound=bound(row["ours"]["fraction_of_peak"], work["flops"], row["ours"]["ms_per_step"] / 1000,
+                               work["ops"], device))
         rows[w] = row
     bf16 = "native bf16" if bf16_native(torch.device("cpu")) else "no native bf16"
     cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {bf16})"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"\ndevice: {dev}, torch {torch.__version__}\n")
     mem_cols = " ours MiB | baseline MiB |" if device.type == "cuda" else ""
-    print("| workload | batch | ours img/s | baseline img/s | speed-up |" + mem_cols)
-    print("|---|---|---|---|---|" + ("---|---|" if device.type == "cuda" else ""))
+    print("| workload | batch | ours img/s | baseline img/s | speed-up | GFLOP/step | dtype | ours GFLOP/s | "
+          "of peak | baseline of peak | bound by |" + mem_cols)
+    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if device.type == "cuda" else ""))
     for w, r in rows.items():
         mem = f" {r['ours']['peak_mem_mib']:.0f} | {r['baseline']['peak_mem_mib']:.0f} |" if mem_cols else ""
         print(f"| {w} | {r['batch_size']} | {r['ours']['images_per_s']:.2f} | {r['baseline']['images_per_s']:.2f} | "
-              f"{r['speedup']:.2f}x |{mem}")
+              f"{r['speedup']:.2f}x | {r['flops_per_step'] / 1e9:.2f} | {r['dtype']} | "
+              f"{r['ours']['flops_per_s'] / 1e9:.1f} | {100 * r['ours']['fraction_of_peak']:.1f}% | "
+              f"{100 * r['baseline']['fraction_of_peak']:.1f}% | {r['bound']} |{mem}")
+    for dtype, pk in peaks.items():
+        print(f"peak {str(dtype).removeprefix('torch.')}: matmul {pk['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+              f"(n={pk['matmul_n']}), conv {pk['conv_flops_per_s'] / 1e9:.1f} GFLOP/s ({pk['conv_shape']}, 3x3)")
     for w in (w for w in rows if "success_rate" in rows[w]["ours"]):
         print(f"{w}: fools {100 * rows[w]['ours']['success_rate']:.1f}% of the {rows[w]['batch_size']} digits, the "
               f"K=100 flow attack (eps 0.01) {100 * rows[w]['baseline']['success_rate']:.1f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows}, f, indent=2)
+            json.dump({"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows,
+                       "peak": {str(d).removeprefix("torch."): v for d, v in peaks.items()}}, f, indent=2)
     return rows
 
 

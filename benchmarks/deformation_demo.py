@@ -92,7 +92,7 @@ def main(argv=None):
                 paths[name] = os.path.join(weights, train.fgr_run_name(run, vars(p_.parse_args([])),
                                                                        p_.result_flags()) + ".pt")
     trained = time.time() - t0
-    for name, path in paths.items():
+    for path in paths.values():
         for attack in ATTACKS:
             evaluate.main(evaluate.get_args(common + ["--checkpoint", path, "--result_path", results, "--subset",
                                                       str(args.n), "--stadv_ref_max_iter",

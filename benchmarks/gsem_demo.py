@@ -204,7 +204,7 @@ def summarise(records: dict, keys, *, eot: int, n: int) -> dict:
         record = records[key]
         rows = list(record["rows"].values())
 
-        def pick(attack, eps=8.0, eot_iter=None, repeat=False):
+        def pick(attack, eps=8.0, eot_iter=None, repeat=False, rows=rows):
             for r in rows:
                 s = r["settings"]
                 if r["attack"] == attack and s.get("eps", eps) == eps and (len(r["accs"]) > 1) == repeat \

@@ -50,7 +50,7 @@ def main(argv=None):
         step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), loss,
                          make_input=make_input, eot_iter=cfg.gra_eot_num, awp=awp, amp=cfg.use_amp, device=device)
         runs = []
-        for i in range(1 if args.smoke else args.steps + 1):  # the first is a warm-up
+        for _ in range(1 if args.smoke else args.steps + 1):  # the first is a warm-up
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()

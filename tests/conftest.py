@@ -1,4 +1,6 @@
-import sys, os
+import os
+import sys
+
 sys.path.insert(0, os.path.dirname(__file__))
 import pytest
 import torch
@@ -27,10 +29,11 @@ def cifar100_root(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def no_download(monkeypatch):
     """Tests never touch the network: a download attempt fails at once, as it does offline."""
+    from urllib.error import URLError
+
     import torchvision.datasets.cifar as cifar
     import torchvision.datasets.mnist as mnist
     import torchvision.datasets.svhn as svhn
-    from urllib.error import URLError
 
     def refuse(*a, **k):
         raise URLError("network disabled in tests")
@@ -56,6 +59,7 @@ def tiny_gsem(beta=4, classes=10, size=32):
     """Conv -> GSeM(4) -> strided conv -> ReLU -> Linear on ``size`` x ``size`` images, in eval mode (beta = 0: a
     deterministic forward)."""
     import torch.nn as nn
+
     from models import GradSemiMaskModule
 
     torch.manual_seed(0)

@@ -8,12 +8,12 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_classifier
 
 import evaluate
 import evaluate_gsem
 from attacks import ATTACKS, AttackConfig, attack_label, build_attack, list_attacks
 from attacks.registry import all_knobs, unregister_attack
-from conftest import tiny_classifier
 from models import build_model
 
 # a small budget in each measure's units (one value per budget knob): the contract holds every bounded attack to it

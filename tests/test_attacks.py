@@ -1,9 +1,9 @@
 """The authors' L-inf flow attack: budget, range, identity, strength, mode restoration."""
 import torch
 import torch.nn.functional as F
+from conftest import trained_tiny_model
 
 from attacks import FlowAttack
-from conftest import trained_tiny_model
 
 
 def test_flow_attack_respects_budget_and_range_and_raises_loss():

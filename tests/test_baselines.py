@@ -8,11 +8,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_classifier, tiny_gsem
 
 import train_gsem_awp
 from attacks import PGD
 from attacks.trades import TradesPGD
-from conftest import tiny_classifier, tiny_gsem
 from models import build_model
 from utils.awp import AWP
 from utils.flow import gather_grid_sample, identity_grid

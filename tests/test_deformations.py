@@ -4,12 +4,12 @@ import os
 
 import pytest
 import torch
+from conftest import trained_tiny_model
 
 import evaluate
 import main
 from attacks import ADef, StAdv
 from attacks.adef import gaussian_filter
-from conftest import trained_tiny_model
 from utils import plots, tables
 from utils.flow import flow_norms_pixels, pixel_flow_to_normalized, warp
 
@@ -25,7 +25,8 @@ def test_one_pixel_flow_in_pixel_units_shifts_by_one_pixel_in_both_attacks_warps
     f[:, 1] = 1.0  # one pixel down
     assert torch.allclose(adef._warp(x, f)[..., :-1, :], x[..., 1:, :], atol=1e-10)
     assert torch.allclose(adef._warp(x, torch.zeros_like(f)), x, atol=1e-10)
-    norms = flow_norms_pixels(pixel_flow_to_normalized(torch.ones(1, 2, 8, 10) * torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)))
+    flow = torch.ones(1, 2, 8, 10) * torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    norms = flow_norms_pixels(pixel_flow_to_normalized(flow))
     assert norms["tnorm"].item() == pytest.approx(5.0) and norms["linf"].item() == pytest.approx(4.0)
 
 

@@ -11,9 +11,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import functools  # noqa: E402
 
+from conftest import tiny_classifier  # noqa: E402
+
 from utils.losses import gradient_regularized  # noqa: E402
 from utils.training import TrainStep  # noqa: E402
-from conftest import tiny_classifier  # noqa: E402
 
 WORLD = 2
 

@@ -5,18 +5,16 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import linear_task_model, tiny_gsem
 from pyautoattack.autopgd_base import APGDAttack
 
 import evaluate_gsem
 import train_gsem
-from attacks import PGD
+from attacks import ATTACKS, PGD, AttackConfig, build_attack, list_attacks
 from attacks.autoattack_lib import apgd
 from attacks.cw import CWL2
-from attacks import ATTACKS, AttackConfig, build_attack, list_attacks
-from conftest import linear_task_model, tiny_gsem
 from utils import evaluation
 from utils.precision import autocast, bf16_native
-
 
 # the intensity attacks of the registry (the deformation attacks have their own tests)
 GSEM_SUITE_ATTACKS = ["PGD500", "CW100", "APGD500", "AA", "AA-standard", "AA-rand", "CWinf", "PGD-uncorrected"]

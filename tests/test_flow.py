@@ -4,8 +4,15 @@ import torch
 import torch.nn.functional as F
 
 from utils import flow
-from utils.flow import (gather_grid_sample, identity_grid, native_double_backward_supported, pixels_to_normalized,
-                        random_flow_start, resolve_sampler, warp)
+from utils.flow import (
+    gather_grid_sample,
+    identity_grid,
+    native_double_backward_supported,
+    pixels_to_normalized,
+    random_flow_start,
+    resolve_sampler,
+    warp,
+)
 
 
 def _off_integer_flow(b, h, w, dtype=torch.float64, scale=0.3, seed=0):

@@ -2,10 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_gsem
 
 from attacks import PGD
 from models import GradSemiMaskModule, build_model, set_gradient_correction
-from conftest import tiny_gsem
 from utils.eot import eot_backward, eot_input_grad
 
 

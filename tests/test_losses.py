@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import tiny_gsem
 
 from models import build_model
-from conftest import tiny_gsem
 from utils.awp import AWP
 from utils.losses import cross_entropy, mart, mart_loss
 from utils.training import TrainStep, half_adversarial

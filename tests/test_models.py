@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-
 import torch.nn as nn
 
 from models import build_from_spec, build_model, list_models, register, unregister

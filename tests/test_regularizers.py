@@ -2,8 +2,8 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_classifier as tiny_model
+
 from utils.losses import gradient_regularized
 from utils.regularizers import flow_gradient_penalty, input_gradient_penalty
 

@@ -74,7 +74,8 @@ def test_the_loop_names_the_first_non_finite_step_and_keeps_the_last_good_state(
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1)
     loader = [(torch.rand(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(4)]
-    ckpt = Checkpointer(str(tmp_path / "r.last.pt"), str(tmp_path / "r.log.json"), {}, result_keys=[], best_path=str(tmp_path / "r.pt"),
+    ckpt = Checkpointer(str(tmp_path / "r.last.pt"), str(tmp_path / "r.log.json"), {}, result_keys=[],
+                        best_path=str(tmp_path / "r.pt"),
                         select_key="val_acc")
     with pytest.raises(Diverged, match=r"epoch 2, step 3/4: loss nan, ce [0-9.]+ .*the last good state is"):
         fit(TrainStep(model, opt, NaNAt(7)), loader, sched, lambda: {"val_acc": 0.5}, ckpt, epochs=3, bar=False,
@@ -261,7 +262,7 @@ def test_every_argparse_flag_has_a_help_text():
         captured = {}
         real = argparse.ArgumentParser.parse_args
 
-        def grab(self, *a, **k):
+        def grab(self, *a, captured=captured, real=real, **k):
             captured["parser"] = self
             return real(self, *a, **k)
 
@@ -366,7 +367,8 @@ def test_labels_outside_the_classes_are_refused(cifar10_root, tmp_path):
 def test_evaluate_gsem_reads_an_fgr_checkpoint_as_evaluate_does(cifar10_root, tmp_path):
     main.main(main.get_args(fgr_args(cifar10_root, tmp_path, "--fgr_lamb", "0")))
     ckpt = str(tmp_path / "w" / "cifar10_vgg11_epochs1_batch_size8_subset16.pt")
-    fgr = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt, "--attacks", "Clean")))
+    fgr = evaluate.main(evaluate.get_args(eval_args(cifar10_root, tmp_path, "--checkpoint", ckpt, "--attacks",
+                                                    "Clean")))
     gsem = evaluate_gsem.main(evaluate_gsem.get_args([
         "--model_load_path", ckpt, "--data_path", cifar10_root, "--no-verify_data", "--subset", "16", "--workers",
         "0", "--no_bar", "--result_path", str(tmp_path / "r2"), "--attacks", "Clean", "--no-sanity_checks"]))
@@ -396,8 +398,9 @@ def test_results_are_keyed_by_the_data_they_were_computed_on(cifar10_root, tmp_p
     assert len([f for f in os.listdir(tmp_path / "r") if f.endswith(".json")]) == 2  # the first moved aside
 
 
-@pytest.mark.parametrize("content,aside", [("[1, 2]", "unreadable"), ('{"format": 2, "rows": [1]}', "unreadable"),
-                                           ('{"format": 2, "checkpoint_sha256": "../../x/y", "rows": {}}', "______x_y")])
+@pytest.mark.parametrize("content,aside", [
+    ("[1, 2]", "unreadable"), ('{"format": 2, "rows": [1]}', "unreadable"),
+    ('{"format": 2, "checkpoint_sha256": "../../x/y", "rows": {}}', "______x_y")])
 def test_malformed_result_files_are_moved_aside_in_one_line(cifar10_root, tmp_path, capsys, content, aside):
     torch.save(build_model("vgg11", 10).state_dict(), tmp_path / "m.pt")
     (tmp_path / "r").mkdir()

@@ -187,7 +187,8 @@ def test_other_settings_name_another_run_and_a_resume_state_of_other_settings_is
                                                                                          tmp_path, capsys):
     p = main.parser()
     args = main.get_args(train_args(cifar10_root, trained, "--epochs", "1", "--sampler", "gather"))
-    assert fgr_run_name(args, vars(p.parse_args([])), p.result_flags()) == RUN + "_epochs1_batch_size16_samplergather_subset32"
+    name = fgr_run_name(args, vars(p.parse_args([])), p.result_flags())
+    assert name == RUN + "_epochs1_batch_size16_samplergather_subset32"
     import shutil
 
     shutil.copytree(trained / "w", tmp_path / "w")

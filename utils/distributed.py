@@ -80,5 +80,5 @@ def wrap(model: torch.nn.Module, device: torch.device, sync_bn: bool = False) ->
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a DDP (or torch.compile) wrapper."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model

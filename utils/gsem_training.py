@@ -18,8 +18,16 @@ from attacks.trades import TradesPGD
 from models import build_model, model_options
 
 from . import distributed as dist
-from .argtypes import (accuracy_threshold, eps_255, momentum, nonneg_float, nonneg_int, positive_float, positive_int,
-                       step_255)
+from .argtypes import (
+    accuracy_threshold,
+    eps_255,
+    momentum,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    step_255,
+)
 from .awp import AWP
 from .checkpoint import Checkpointer, load_checkpoint, load_model_state
 from .cli import Parser, add_bool, add_run_args, add_speed_args, check_model_name, run_suffix
@@ -242,7 +250,8 @@ def run_gsem_training(args, method: str, p: Parser, *, awp: bool = False) -> dic
         if dist.world_size() > 1:  # every rank must know about a new best file before the next reload reads it
             torch.distributed.barrier()
         fit(step, train_loader, scheduler,
-            lambda: half_adversarial_accuracy(model, test_loader, attack, device, amp=args.use_amp, bar=args.bar),
+            functools.partial(half_adversarial_accuracy, model, test_loader, attack, device, amp=args.use_amp,
+                              bar=args.bar),
             ckpt, epochs=args.epochs, generator=gen, resume=args.resume and reload == first, bar=args.bar,
             log=say)
         if dist.world_size() > 1:

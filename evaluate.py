@@ -19,7 +19,7 @@ import os
 from utils.checkpoint import load_checkpoint
 from utils.cli import Parser, add_fgr_model_args, add_run_args, check_model_name, explicit_flags, fgr_run_name
 from utils.data import fgr_transforms
-from utils.datasets import dataset_stats, num_channels, num_classes
+from utils.datasets import dataset_stats, model_options_for, num_classes
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (
     add_eval_args,
@@ -27,6 +27,7 @@ from utils.evaluation import (
     check_attack_names,
     check_lines,
     load_for_evaluation,
+    markdown,
     masking_checks,
     record_header,
     run_attacks,
@@ -56,23 +57,9 @@ def get_args(argv=None):
 
 
 def table(record) -> list[str]:
-    lines = [f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): clean accuracy "
-             f"{100 * record['val_acc']:.2f}% on {record['val_n']} test images{subsets(record)}", "",
-             "| attack | accuracy (%) | success among correct (%) | T-norm of successful flows, px (mean / median) "
-             "| accuracy (%) at T-norm budgets, px (minimum-deformation attacks) | settings |",
-             "|---|---|---|---|---|---|"]
-    for label, r in record["rows"].items():
-        deform = r.get("deformation", {})
-        tn = deform.get("tnorm_px", {})
-        tn = f"{tn['mean']:.3f} / {tn['median']:.3f}" if tn.get("mean") is not None else "–"
-        at = ", ".join(f"{b}: {100 * a:.1f}" for b, a in deform.get("acc_at_budget_px", {}).items()) or "–"
-        sets = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
-        lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['success_rate']:.1f} ({r['n_success']} / "
-                     f"{r['n_clean_correct']}) | {tn} | {at} | {sets} |")
-    checks = check_lines(record.get("checks", {}))
-    lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks] if checks else []
-    lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]] if record.get("warnings") else []
-    return lines
+    return markdown(record, f"`{record['name']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}): "
+                            f"clean accuracy {100 * record['val_acc']:.2f}% on {record['val_n']} test images"
+                            f"{subsets(record)}")
 
 
 def runs_beside(path: str, args) -> str:
@@ -110,10 +97,10 @@ def main(args):
     if ckpt.get("finished") is False:
         say(f"note: {path} is from epoch {ckpt.get('epoch')} of a run of {ckpt.get('epochs')} epochs that has not "
             f"finished (interrupted, or still running; --resume continues it)")
-    n_classes, channels = num_classes(args.data_name), num_channels(args.data_name)
+    n_classes = num_classes(args.data_name)
     model = load_for_evaluation(ckpt, path, args.model_name, n_classes, device,
                                 normalize=dataset_stats(args.data_name) if args.normalize else None,
-                                options={"in_channels": channels} if channels != 3 else {})
+                                options=model_options_for(args.data_name))
     ensure_writable(args.result_path)
     loader, n, n_total = test_loader(args.data_name, args.data_path, fgr_transforms(args.augment)[1], n=args.subset,
                                      batch_size=args.batch_size, workers=args.workers, verify=args.verify_data)

@@ -18,12 +18,12 @@ import torch
 from torchvision import transforms
 
 from attacks import AttackConfig
-from models import model_options
+from models import list_models, model_options
 from utils.argtypes import nonneg_int, positive_int
 from utils.checkpoint import load_checkpoint
 from utils.cli import Parser, add_bool, add_run_args, check_model_name, explicit_flags
 from utils.data import fgr_transforms
-from utils.datasets import num_channels, num_classes
+from utils.datasets import DATASET_HELP, model_options_for, num_classes
 from utils.errors import UserError, cli_entry
 from utils.evaluation import (
     add_eval_args,
@@ -31,8 +31,10 @@ from utils.evaluation import (
     check_attack_names,
     check_lines,
     load_for_evaluation,
+    markdown,
     masking_checks,
     record_header,
+    row_flags,
     run_attacks,
     sanity_checks,
     subsets,
@@ -44,11 +46,12 @@ from utils.runtime import show_args, start_run
 REFERENCE_SUITE = ["Clean", "PGD500", "CW100", "APGD500", "AA"]
 
 
-def get_args(argv=None):
+def parser() -> Parser:
     p = Parser(__doc__)
-    p.add_argument("--classifier_name", type=str, default="GSeMResNet18", help="registry name of the model")
+    p.add_argument("--classifier_name", type=str, default="GSeMResNet18",
+                   help=f"registry name (case-insensitive): {', '.join(list_models(canonical=True))}")
     p.add_argument("--dataset_name", type=str, default="cifar10",
-                   help="cifar10, cifar100, svhn, mnist, fashionmnist, or digits (built in, no download)")
+                   help=DATASET_HELP)
     p.add_argument("--model_load_path", type=str, required=True,
                    help="checkpoint: this repository's format or the authors' bare state_dict")
     p.add_argument("--alpha", type=positive_int, default=6,
@@ -65,6 +68,11 @@ def get_args(argv=None):
     add_eval_args(p, attacks=REFERENCE_SUITE, batch_size=512)
     add_run_args(p)
     p.set_defaults(data_path="./dataset", workers=2, subset=0)
+    return p
+
+
+def get_args(argv=None):
+    p = parser()
     args = p.parse_args(argv)
     check_attack_names(p, args)
     if args.subset:  # the run flag every script has: here the number of test points
@@ -76,27 +84,13 @@ def get_args(argv=None):
 
 
 def table(record: dict) -> list[str]:
-    clean = record["clean"]
-    lines = [f"Model `{record['model']}` ({record['checkpoint']}, sha256 {record['checkpoint_sha256']}), "
-             f"{record['dataset_name']}, alpha {record['alpha']}, beta {record['beta']}: clean accuracy "
-             f"{100 * clean['acc']:.2f}% on {clean['n']} test images{subsets(record)}", "",
-             "| attack | robust accuracy (%) | on clean-correct points (%) | mean ± std over draws | points "
-             "| settings | time (s) |", "|---|---|---|---|---|---|---|"]
-    for label, r in record["rows"].items():
-        spread = f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (R={len(r['accs'])})" if len(r["accs"]) > 1 else "–"
-        sets = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
-        lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['acc_on_clean_correct']:.2f} | {spread} | "
-                     f"{r['n_examples']} | {sets} | {r['seconds']:.0f} |")
-    if "worst_case" in record:
-        worst = record["worst_case"]
-        lines.append(f"| worst case ({', '.join(worst['attacks'])}) | {100 * worst['acc']:.2f} | – | – | "
-                     f"{worst.get('n', '–')} | – | – |")
-    checks = check_lines({**record.get("checks", {}), **record.get("sanity", {})})
-    if checks:
-        lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks]
-    if record.get("warnings"):
-        lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]]
-    return lines
+    clean, worst = record["clean"], record.get("worst_case")
+    extra = [[f"worst case ({', '.join(worst['attacks'])})", f"{100 * worst['acc']:.2f}", *["–"] * 3,
+              str(worst.get("n", "–")), *["–"] * 4]] if worst else []
+    return markdown(record, f"Model `{record['model']}` ({record['checkpoint']}, sha256 "
+                            f"{record['checkpoint_sha256']}), {record['dataset_name']}, alpha {record['alpha']}, beta "
+                            f"{record['beta']}: clean accuracy {100 * clean['acc']:.2f}% on {clean['n']} test images"
+                            f"{subsets(record)}", extra)
 
 
 def alpha_beta_from_file_name(args, given: set) -> None:
@@ -122,10 +116,8 @@ def main(args):
     if not ckpt.get("args"):
         alpha_beta_from_file_name(args, set(args.explicit))
     show_args(say, args)  # after adopting the checkpoint's settings: what this run uses
-    n_classes, channels = num_classes(args.dataset_name), num_channels(args.dataset_name)
-    takes = model_options(args.classifier_name)
-    options = {**{k: getattr(args, k) for k in ("alpha", "beta") if k in takes},
-               **({"in_channels": channels} if channels != 3 else {})}
+    n_classes, takes = num_classes(args.dataset_name), model_options(args.classifier_name)
+    options = model_options_for(args.dataset_name, takes, alpha=args.alpha, beta=args.beta)
     model = load_for_evaluation(ckpt, args.model_load_path, args.classifier_name, n_classes, device, options=options,
                                 amp=args.amp)
     ensure_writable(args.result_path)
@@ -156,9 +148,9 @@ def main(args):
                                 image_size=size, results=results, table=table, say=say, line=line)
     if args.worst_case:
         names = list(rows) or ["Clean"]
-        robust = torch.tensor([c == "1" for c in results.clean["flags"]])
+        robust = torch.tensor(row_flags(results.clean, "flags"))
         for name in rows:
-            robust &= torch.tensor([c == "1" for c in rows[name]["robust_flags"]])
+            robust &= torch.tensor(row_flags(rows[name]))
         record["worst_case"] = {"attacks": names, "acc": int(robust.sum()) / n, "n": n}
         say(f"Worst case: {100 * record['worst_case']['acc']:.2f}%")
     record["checks"], record["warnings"] = masking_checks(results.rows)  # every row of the file: earlier runs too

@@ -4,33 +4,40 @@
 
 Defaults are the reference recipe: 80 epochs, batch 128, SGD lr 0.01 momentum 0.9 weight decay 5e-4, lr x0.1 at
 epochs 40 and 60, random flow start sigma 0.01, checkpoint = best clean test accuracy. Baselines: --reg igr (input
-gradient regularization), --adv_train flow (adversarial deformation training, alone or with FGR).
+gradient regularization), --adv_train flow (adversarial deformation training, alone or with FGR); --loss trains any
+objective of utils.losses instead (e.g. --loss pgd_at, or the README's alp), the flow attack its training attack.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import os
 
 import torch
 
-from attacks import FlowAttack
+from attacks import AttackConfig, build_attack
 from models import build_model
 from utils.argtypes import momentum, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.checkpoint import Checkpointer, load_checkpoint, load_model_state
 from utils.cli import Parser, add_bool, add_fgr_model_args, add_run_args, add_speed_args, check_model_name, fgr_run_name
 from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
-from utils.datasets import dataset_stats, num_channels, num_classes
+from utils.datasets import dataset_stats, model_options_for, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
-from utils.losses import gradient_regularized
+from utils.losses import OBJECTIVES, gradient_regularized, objective_params
 from utils.regularizers import penalty_ratio
 from utils.runtime import prepare_training_model, start_run
-from utils.training import TrainStep, fit
+from utils.training import TrainStep, fit, half_adversarial
 
 
 def parser() -> Parser:
     p = Parser(__doc__)
     add_fgr_model_args(p)
+    p.add_argument("--loss", type=str, default="fgr", choices=["fgr", *OBJECTIVES],
+                   help="fgr: cross-entropy + lambda x the --reg penalty (the paper's); or an objective of "
+                        "utils.losses (its training attack: the flow attack at --adv_eps, --adv_steps)")
+    for knob in objective_params():
+        knob.add_to(p, f" (--loss {', '.join(o.name for o in OBJECTIVES.values() if knob in o.params)})")
     p.add_argument("--epochs", type=positive_int, default=80, help="training epochs")
     p.add_argument("--batch_size", type=positive_int, default=128,
                    help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
@@ -147,6 +154,11 @@ def match_igr_to_fgr(args, model, loader, gen, device, say) -> None:
 @cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
     args.model_name = check_model_name(args.model_name)
+    if args.loss != "fgr" and (args.fgr_lamb > 0 or args.adv_train != "none"):
+        raise UserError(f"--loss {args.loss} trains its own objective: --fgr_lamb and --adv_train belong to --loss fgr")
+    if args.loss != "fgr" and OBJECTIVES[args.loss].attack != "pgd":
+        raise UserError(f"--loss {args.loss} trains on TRADES' KL attack, which main.py does not have; use "
+                        f"train_gsem.py --loss {args.loss}")
     if args.compile and args.fgr_lamb > 0:
         raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
     args.fgr_lamb_applied = applied_lambda(args)  # recorded with the run (the checkpoint's args)
@@ -163,9 +175,7 @@ def main(args):
         workers=args.workers, seed=args.seed, verify=args.verify_data, pin_memory=device.type == "cuda",
         device_augment=device_aug, device=device, bar=args.bar)
     normalize = dataset_stats(args.data_name) if args.normalize else None
-    channels = num_channels(args.data_name)
-    model = build_model(args.model_name, n_cls, normalize=normalize,
-                        **({"in_channels": channels} if channels != 3 else {})).to(device)
+    model = build_model(args.model_name, n_cls, normalize=normalize, **model_options_for(args.data_name)).to(device)
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
     # evaluation use the plain module
     train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,
@@ -184,8 +194,14 @@ def main(args):
         return gradient_regularized(net, x_in, y, x, reg=args.reg, lamb=lambda_at(args, step.epoch),
                                     rs_sigma=args.rs_sigma, sampler=args.sampler)
 
-    attack = FlowAttack(model, eps=args.adv_eps, steps=args.adv_steps) if args.adv_train == "flow" else None
-    step = TrainStep(train_model, optimizer, loss_fn, make_input=attack, amp=args.amp, device=device)
+    # the training attack, from the registry: the flow attack at --adv_eps, --adv_steps
+    flow = build_attack("flow", model, AttackConfig(flow_eps=args.adv_eps, flow_steps=args.adv_steps))[0]
+    make_input = flow if args.adv_train == "flow" else None
+    if args.loss != "fgr":  # another objective: its loss, and its input policy with the flow attack
+        obj = OBJECTIVES[args.loss]
+        loss_fn = functools.partial(obj.loss, **{k.name: getattr(args, k.name) for k in obj.params})
+        make_input = {"clean": None, "adversarial": flow, "half": half_adversarial(flow)}[obj.policy]
+    step = TrainStep(train_model, optimizer, loss_fn, make_input=make_input, amp=args.amp, device=device)
     p = parser()
     name = fgr_run_name(args, vars(p.parse_args([])), p.result_flags())
     path = os.path.join(args.weight_path, name)

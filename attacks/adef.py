@@ -26,7 +26,7 @@ from utils.argtypes import nonneg_float, positive_float, positive_int
 from utils.flow import pixel_flow_to_normalized, warp
 
 from .base import Attack
-from .registry import STEPS_SCALE, Budget, Knob, register_attack, scaled
+from .registry import Budget, Knob, register_attack
 
 
 def gaussian_filter(field: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
@@ -147,7 +147,7 @@ class ADef(Attack):
 ADEF_KNOBS = (
     Knob("adef_sigma", nonneg_float, 0.5, "ADef Gaussian smoothing of the field", unit="px"),
     Knob("adef_overshoot", positive_float, 1.2, "ADef overshoot eta"),
-    Knob("adef_steps", positive_int, 100, "ADef iteration cap"),
+    Knob("adef_steps", positive_int, 100, "ADef iteration cap", steps=True),
     Knob("adef_candidates", positive_int, 9, "ADef candidate classes per iteration"),
     Knob("adef_max_norm", positive_float, None, "ADef T-norm budget (none: minimum deformation)", unit="px"),
     Knob("adef_variant", str, "official", "official: the ADef code's stopping rule, candidates fixed from the clean "
@@ -158,9 +158,9 @@ ADEF_KNOBS = (
 )
 
 
-@register_attack("adef", *ADEF_KNOBS, STEPS_SCALE, budget=Budget("adef_max_norm", "tnorm_px"))
+@register_attack("adef", *ADEF_KNOBS, budget=Budget("adef_max_norm", "tnorm_px"))
 def adef(model, cfg):
     """ADef (Alaifari et al. 2019): iterative linearised deformation, smoothed field, T-norm candidates, overshoot."""
     return ADef(model, sigma=cfg.adef_sigma, overshoot=cfg.adef_overshoot,
-                steps=scaled(cfg.adef_steps, cfg.steps_scale), candidates=cfg.adef_candidates,
+                steps=cfg.adef_steps, candidates=cfg.adef_candidates,
                 max_norm=cfg.adef_max_norm, variant=cfg.adef_variant, margin=cfg.adef_margin)

@@ -120,14 +120,16 @@ class LibraryAutoAttack(Attack):
         return x_adv.to(x.device)
 
 
-@register_attack("APGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("APGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white",
+                 stronger_than=("PGD500",))
 def apgd500(model, cfg):
     """The GSeM reference's APGD500: APGD-CE, 500 steps, 50 restarts, EOT, rho 0.75, seed (library class)."""
     return apgd(model, eps=cfg.eps, steps=scaled(500, cfg.steps_scale), restarts=scaled(50, cfg.steps_scale),
                 eot_iter=eot_passes(model, cfg.eot_iter), seed=cfg.seed)
 
 
-@register_attack("AA", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), label="AA-10it")
+@register_attack("AA", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), label="AA-10it", gradient="white",
+                 stronger_than=("PGD500",))
 def autoattack_reference(model, cfg):
     """AA as the GSeM reference ran it (10 iterations per stage, not AutoAttack's 100): APGD-CE -> APGD-T -> FAB-T ->
     Square (5000 queries, rescaled schedule), EOT, each stage on the points still robust."""
@@ -150,12 +152,14 @@ def _library_autoattack(version):
     return factory
 
 
-register_attack("AA-standard", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(
+register_attack("AA-standard", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white",
+                stronger_than=("PGD500",))(
     _library_autoattack("standard"))
-register_attack("AA-rand", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))(_library_autoattack("rand"))
+register_attack("AA-rand", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white",
+                stronger_than=("PGD500",))(_library_autoattack("rand"))
 
 
-@register_attack("Square", EPS, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("Square", EPS, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="black")
 def square_autoattack(model, cfg):
     """Square Attack alone, as AutoAttack's standard version runs it: L-inf, 5000 queries, p_init 0.8, one restart,
     the 10,000-query schedule (resc_schedule False); gradient-free, so it sees through masked gradients."""

@@ -82,4 +82,4 @@ def cw100(model, cfg):
 @register_attack("CWinf", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
 def cw_inf(model, cfg):
     """100-step L-inf PGD on the CW margin loss, step 2/255 (what most adversarial-training papers call CW)."""
-    return pgd_from(model, cfg, 100, 2 / 255, loss_fn=cw_margin)
+    return pgd_from(model, cfg, scaled(100, cfg.steps_scale), 2 / 255, loss_fn=cw_margin)

@@ -14,7 +14,7 @@ from utils.argtypes import flow_budget, positive_int
 from utils.flow import normalized_to_pixels, warp
 
 from .base import Attack
-from .registry import STEPS_SCALE, Budget, Knob, register_attack, scaled
+from .registry import Budget, Knob, register_attack
 
 
 class FlowAttack(Attack):
@@ -58,10 +58,11 @@ class FlowAttack(Attack):
 FLOW_EPS = Knob("flow_eps", flow_budget, 0.01, "L-inf flow budget of the authors' flow attack",
                 unit="normalised align_corners=True units, 0.01 = 0.155 px at 32x32")
 FLOW_STEPS = Knob("flow_steps", positive_int, 100, "flow attack steps K (step flow_eps/K; 1 = the single-step attack)",
-                  flags=("--steps", "--flow_steps"))
+                  flags=("--steps", "--flow_steps"), steps=True)
 
 
-@register_attack("flow", FLOW_EPS, FLOW_STEPS, STEPS_SCALE, budget=Budget("flow_eps", "flow_linf"))
+@register_attack("flow", FLOW_EPS, FLOW_STEPS, budget=Budget("flow_eps", "flow_linf"),
+                 stronger_than=("flow-rs",))  # its gradient-free twin: masked flow gradients would make it weaker
 def flow(model, cfg):
     """The FGR authors' multi-step L-inf flow attack: sign ascent of CE on the flow, step eps/K, last iterate."""
-    return FlowAttack(model, eps=cfg.flow_eps, steps=scaled(cfg.flow_steps, cfg.steps_scale))
+    return FlowAttack(model, eps=cfg.flow_eps, steps=cfg.flow_steps)

@@ -19,7 +19,7 @@ from utils.flow import warp
 
 from .base import Attack
 from .flow import FLOW_EPS
-from .registry import STEPS_SCALE, Budget, Knob, register_attack, scaled
+from .registry import Budget, Knob, register_attack
 
 # Square's schedule, as fractions of the query budget: p is halved at each (its iterations 10, 50, ... of 10,000)
 HALVINGS = (0.001, 0.005, 0.02, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8)
@@ -76,8 +76,8 @@ class FlowRandomSearch(Attack):
         return torch.where(success.view(-1, 1, 1, 1), x_def, x)
 
 
-@register_attack("flow-rs", FLOW_EPS, Knob("flow_rs_queries", positive_int, 1000, "queries of the flow random search"),
-                 STEPS_SCALE, budget=Budget("flow_eps", "flow_linf"))
+@register_attack("flow-rs", FLOW_EPS, Knob("flow_rs_queries", positive_int, 1000, "queries of the flow random search",
+                                           steps=True), budget=Budget("flow_eps", "flow_linf"), gradient="black")
 def flow_random_search(model, cfg):
     """Gradient-free: Square-style random search on the flow inside the flow attack's L-inf budget."""
-    return FlowRandomSearch(model, eps=cfg.flow_eps, queries=scaled(cfg.flow_rs_queries, cfg.steps_scale))
+    return FlowRandomSearch(model, eps=cfg.flow_eps, queries=cfg.flow_rs_queries)

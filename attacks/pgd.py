@@ -68,28 +68,30 @@ class PGD(Attack):
 
 
 def pgd_from(model, cfg, steps: int, alpha: float, **kwargs) -> PGD:
-    """PGD with ``cfg``'s budget, EOT and speed options (``steps`` before ``--steps_scale``)."""
-    return PGD(model, eps=cfg.eps, alpha=alpha, steps=scaled(steps, cfg.steps_scale), eot_iter=cfg.eot_iter,
+    """PGD with ``cfg``'s budget, EOT and speed options."""
+    return PGD(model, eps=cfg.eps, alpha=alpha, steps=steps, eot_iter=cfg.eot_iter,
                batched_eot=cfg.batched_eot, eot_batch=cfg.eot_batch, **kwargs)
 
 
-@register_attack("PGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("PGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white",
+                 stronger_than=("PGD-uncorrected",))  # the corrected gradient is not weaker than the masked one
 def pgd500(model, cfg):
     """The GSeM reference's PGD500: L-inf, step 2/255, 500 steps, random start, EOT, last iterate."""
-    return pgd_from(model, cfg, 500, 2 / 255)
+    return pgd_from(model, cfg, scaled(500, cfg.steps_scale), 2 / 255)
 
 
-@register_attack("PGD-uncorrected", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("PGD-uncorrected", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white")
 def pgd500_uncorrected(model, cfg):
     """PGD500 with the masked gradient (GSeM's correction off): how much the correction matters."""
-    return Uncorrected(model, pgd_from(model, cfg, 500, 2 / 255))
+    return Uncorrected(model, pgd_from(model, cfg, scaled(500, cfg.steps_scale), 2 / 255))
 
 
-PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack")
+PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack", steps=True)
 PGD_ALPHA = Knob("pgd_alpha", step_255, 2.0, "step of the general PGD attack", unit="1/255", scale=1 / 255)
 
 
-@register_attack("PGD", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, STEPS_SCALE, budget=Budget("eps", "linf"))
+@register_attack("PGD", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, budget=Budget("eps", "linf"),
+                 gradient="white")
 def pgd(model, cfg):
     """L-inf PGD with any number of steps and step size (default PGD-10, step 2/255), random start, EOT."""
     return pgd_from(model, cfg, cfg.pgd_steps, cfg.pgd_alpha)

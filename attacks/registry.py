@@ -1,8 +1,8 @@
-"""The one attack registry. Each attack registers itself beside its class, with the knobs it reads:
+"""The attack registry. Each attack registers itself beside its class, with the knobs it reads:
 
-    @register_attack("flow", FLOW_EPS, FLOW_STEPS, STEPS_SCALE, budget=Budget("flow_eps", "flow_linf"))
+    @register_attack("flow", FLOW_EPS, FLOW_STEPS, budget=Budget("flow_eps", "flow_linf"))
     def flow(model, cfg):
-        return FlowAttack(model, eps=cfg.flow_eps, steps=scaled(cfg.flow_steps, cfg.steps_scale))
+        return FlowAttack(model, eps=cfg.flow_eps, steps=cfg.flow_steps)
 
 A :class:`Knob` is one setting: its name, command-line flag(s), type, default and unit, declared once; knobs shared
 by several attacks (``eps``, ``eot_iter``, ``steps_scale``) are declared here. Both evaluate scripts generate their
@@ -11,6 +11,10 @@ flags from the knobs (:func:`add_attack_args`), build a :class:`AttackConfig` fr
 their defaults (:func:`attack_label`). :class:`Budget` names the knob that bounds the perturbation and how it is
 measured, so that the contract tests check every bounded attack's budget without naming it.
 
+A knob declared with ``steps=True`` (an iteration, restart or query count) is multiplied by ``--steps_scale`` before
+the attack is built, and the attack gets the ``steps_scale`` knob: no attack has to remember it (an attack with a
+fixed count, such as PGD500's 500 steps, declares ``STEPS_SCALE`` and calls :func:`scaled`).
+
 Adding an attack: one file in this package (the class and its registration); the package imports every module in it.
 """
 from __future__ import annotations
@@ -18,28 +22,52 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
-from utils.argtypes import Knob, eps_255, positive_float, positive_int
+from utils.argtypes import EVALUATE_FLAGS, Knob, eps_255, knob_clash, positive_float, positive_int
 from utils.flow import flow_norms_pixels
 
 
 @dataclass(frozen=True)
-class Budget:
-    """The knob(s) that bound an attack's perturbation and how the bound is measured:
+class Measure:
+    """How a budget is measured: ``size(x, x_adv, attack)``, each example's perturbation size in the budget knobs'
+    units (shape N for one knob, N x k for k knobs), and ``small``, a small budget (one value per knob) that the
+    contract tests hold every attack with this measure to. A new measure is declared beside the attack that uses it
+    (e.g. ``Measure("l2", lambda x, x_adv, attack: (x_adv - x).flatten(1).norm(dim=1), (0.5,))``)."""
+    name: str
+    size: Callable = field(compare=False)
+    small: tuple = ()
 
-    - ``linf``: largest change of a pixel value ([0, 1] units);
-    - ``flow_linf``: largest flow component (normalised align_corners=True units);
-    - ``tnorm_px``: largest displacement length of the flow (pixels; None = unbounded);
-    - ``rotation_translation``: two knobs, the largest rotation (degrees) and translation (pixels) of a rigid
-      transform (the attack keeps each example's ``(angle, tx, ty)`` in ``last_params``).
+
+def _flow_tnorm(x, x_adv, attack):
+    return flow_norms_pixels(attack.last_flow)["tnorm"]
+
+
+MEASURES = {m.name: m for m in (
+    Measure("linf", lambda x, x_adv, attack: (x_adv - x).abs().flatten(1).max(1)[0], (4 / 255,)),  # pixel values
+    Measure("flow_linf", lambda x, x_adv, attack: attack.last_flow.abs().flatten(1).max(1)[0], (0.02,)),  # flow
+    Measure("tnorm_px", _flow_tnorm, (0.3,)),  # the flow's largest displacement length, pixels
+)}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The knob(s) that bound an attack's perturbation and how the bound is measured (a :class:`Measure`, or the
+    name of a built-in one: ``linf``, largest change of a pixel value, [0, 1] units; ``flow_linf``, largest flow
+    component, normalised align_corners=True units; ``tnorm_px``, largest displacement length of the flow, pixels).
+    A knob at None is unbounded.
 
     A budget knob takes several values on the command line (``--flow_eps 0.005 0.01``): one row per value."""
     knob: str | tuple
-    measure: str
+    measure: Measure | str
+
+    def __post_init__(self):
+        if isinstance(self.measure, str):
+            object.__setattr__(self, "measure", MEASURES[self.measure])
 
     @property
     def knobs(self) -> tuple:
@@ -47,22 +75,12 @@ class Budget:
 
     def respected(self, x, x_adv, attack, values, tol: float = 1e-4) -> torch.Tensor:
         """Per example: is the perturbation within the budget ``values`` (one per knob, the attack's units)?"""
-        if self.measure == "rotation_translation":
-            rot, trans = values
-            p = attack.last_params
-            return (p[:, 0].abs() <= rot + tol) & (p[:, 1:].abs().max(1)[0] <= trans + tol)
-        (value,) = values
-        if value is None:
-            return torch.ones(x.shape[0], dtype=torch.bool)
-        if self.measure == "linf":
-            size = (x_adv - x).abs().flatten(1).max(1)[0]
-        elif self.measure == "tnorm_px":
-            size = flow_norms_pixels(attack.last_flow)["tnorm"]
-        elif self.measure == "flow_linf":
-            size = attack.last_flow.abs().flatten(1).max(1)[0]
-        else:
-            raise ValueError(f"unknown budget measure {self.measure!r}")
-        return size <= value * (1 + tol) + 1e-6
+        size = self.measure.size(x, x_adv, attack).reshape(x.shape[0], -1)
+        ok = torch.ones(x.shape[0], dtype=torch.bool)
+        for j, value in enumerate(values):
+            if value is not None:
+                ok &= (size[:, j] <= value * (1 + tol) + 1e-6).cpu()
+        return ok
 
 
 @dataclass(frozen=True)
@@ -73,6 +91,8 @@ class AttackSpec:
     budget: Budget | None = None
     summary: str = field(default="", compare=False)
     label: str = ""  # the rows' label stem (default: the name)
+    gradient: str = ""  # "white": uses the evaluated model's gradient; "black": never does; "": neither declared
+    stronger_than: tuple = ()  # attacks it must not leave more accuracy than, at the same budget and points
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -86,23 +106,34 @@ STEPS_SCALE = Knob("steps_scale", positive_float, 1.0, "every attack's iteration
                    "(at least 1 each); any value but 1 is in the row's label")
 
 
-def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label: str = ""):
+def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label: str = "", gradient: str = "",
+                    stronger_than: tuple = ()):
     """Decorator: register ``factory(model, cfg) -> attack`` under ``name`` with the knobs it reads from ``cfg``
-    (an :class:`AttackConfig`) and its budget. A knob name declared by two attacks must be the same knob.
-    ``label``: what its result rows are called when the name alone would mislead (default: the name)."""
+    (an :class:`AttackConfig`) and its budget. A knob name declared by two attacks must be the same knob; a knob
+    whose flag a script or another knob already has, a taken name or a budget off the knobs is refused with one
+    ``error:`` line on stderr (the attack is left out; everything else works).
+    ``label``: what its result rows are called when the name alone would mislead (default: the name).
+    ``gradient`` and ``stronger_than`` declare what the masking checks (``utils.evaluation.masking_checks``) hold it
+    to: a white-box attack must not be weaker than a black-box one (``"black"``: never uses the model's gradient)
+    at the same budget, nor than the attacks it names in ``stronger_than``, nor than itself with fewer EOT samples."""
+
+    if any(k.steps for k in knobs) and STEPS_SCALE not in knobs:  # declared step counts: --steps_scale reaches them
+        knobs = (*knobs, STEPS_SCALE)
 
     def deco(factory):
-        if name in ATTACKS:
-            raise ValueError(f"attack {name!r} registered twice")
-        for k in knobs:
-            if _KNOBS.get(k.name, k) != k:
-                raise ValueError(f"knob {k.name!r} of attack {name!r} differs from its earlier declaration")
-        if budget is not None and not set(budget.knobs) <= {k.name for k in knobs}:
-            raise ValueError(f"attack {name!r}: budget knob(s) {budget.knobs} not among its knobs")
+        why = knob_clash(f"attack {name!r}", knobs, _KNOBS, EVALUATE_FLAGS)
+        if name.lower() in {n.lower() for n in ATTACKS}:
+            why = f"attack {name!r} not registered: the name is taken (names are case-insensitive)"
+        elif budget is not None and not set(budget.knobs) <= {k.name for k in knobs}:
+            why = f"attack {name!r} not registered: its budget knob(s) {budget.knobs} are not among its knobs"
+        if why:  # one line, and the other attacks and every script still work
+            print(f"error: {why}", file=sys.stderr)
+            return factory
         for k in knobs:
             _KNOBS.setdefault(k.name, k)
         summary = (factory.__doc__ or "").strip().split("\n")[0]
-        ATTACKS[name] = AttackSpec(name, factory, tuple(knobs), budget, summary, label or name)
+        ATTACKS[name] = AttackSpec(name, factory, tuple(knobs), budget, summary, label or name, gradient,
+                                   tuple(stronger_than))
         return factory
 
     return deco
@@ -217,7 +248,10 @@ def build_attack(name: str, model, cfg: AttackConfig | None = None):
     if name not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; valid: {', '.join(ATTACKS)}")
     cfg = cfg if cfg is not None else AttackConfig()
-    return ATTACKS[name].factory(model, cfg), knob_values(name, cfg)
+    spec = ATTACKS[name]
+    counts = {k.name: scaled(getattr(cfg, k.name), cfg.steps_scale) for k in spec.knobs
+              if k.steps and getattr(cfg, k.name) is not None}  # --steps_scale on the declared step counts
+    return spec.factory(model, cfg.replace(**counts) if counts else cfg), knob_values(name, cfg)
 
 
 def add_attack_args(parser) -> None:

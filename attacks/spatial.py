@@ -17,7 +17,7 @@ from utils.argtypes import positive_int, rotation_deg, translation_px
 from utils.flow import pixel_flow_to_normalized, warp
 
 from .base import Attack
-from .registry import STEPS_SCALE, Budget, Knob, register_attack
+from .registry import STEPS_SCALE, Budget, Knob, Measure, register_attack
 
 
 def rigid_flow(angle_deg: float, tx: float, ty: float, h: int, w: int, device=None) -> torch.Tensor:
@@ -82,6 +82,12 @@ class RotationTranslationGrid(Attack):
         return x_adv
 
 
+# the largest rotation (degrees) and translation (pixels) of each example's rigid transform (``last_params`` holds
+# its (angle, tx, ty))
+ROTATION_TRANSLATION = Measure("rotation_translation", lambda x, x_adv, attack: torch.stack(
+    [attack.last_params[:, 0].abs(), attack.last_params[:, 1:].abs().max(1)[0]], 1), (2.0, 0.5))
+
+
 def _odd(count: int, scale: float) -> int:
     """``--steps_scale`` on a grid axis: the count scaled, kept odd so that 0 stays on the grid."""
     return max(1, 2 * round((count - 1) / 2 * scale) + 1)
@@ -91,7 +97,7 @@ def _odd(count: int, scale: float) -> int:
                  Knob("rt_max_translation", translation_px, 3.0, "largest translation of the grid", unit="px"),
                  Knob("rt_rotations", positive_int, 31, "rotations on the grid"),
                  Knob("rt_translations", positive_int, 5, "translations per axis on the grid"), STEPS_SCALE,
-                 budget=Budget(("rt_max_rotation", "rt_max_translation"), "rotation_translation"))
+                 budget=Budget(("rt_max_rotation", "rt_max_translation"), ROTATION_TRANSLATION))
 def rt_grid(model, cfg):
     """Gradient-free: the smallest fooling rotation + translation of Engstrom et al.'s grid (+-30 deg, +-3 px)."""
     return RotationTranslationGrid(model, cfg.rt_max_rotation, cfg.rt_max_translation,

@@ -42,7 +42,7 @@ from utils.argtypes import nonneg_float, positive_float, positive_int
 from utils.flow import pixel_flow_to_normalized, warp
 
 from .base import Attack
-from .registry import STEPS_SCALE, Knob, register_attack, scaled
+from .registry import Knob, register_attack
 
 
 def flow_smoothness(f: torch.Tensor) -> torch.Tensor:
@@ -222,27 +222,27 @@ class StAdvReference(Attack):
 STADV_KNOBS = (
     Knob("stadv_tau", nonneg_float, 0.05, "stAdv smoothness weight tau where its per-example search starts (the "
          "paper's)"),
-    Knob("stadv_steps", positive_int, 50, "stAdv Adam iterations per search round"),
+    Knob("stadv_steps", positive_int, 50, "stAdv Adam iterations per search round", steps=True),
     Knob("stadv_search_steps", positive_int, 4, "stAdv rounds of the search over tau (1 = fixed tau)"),
     Knob("stadv_lr", positive_float, 0.02, "stAdv Adam step", unit="px"),
     Knob("stadv_init_std", nonneg_float, 0.0, "std of stAdv's random initial flow (0 = zero flow)", unit="px"),
 )
 
 
-@register_attack("stadv", *STADV_KNOBS, STEPS_SCALE)
+@register_attack("stadv", *STADV_KNOBS)
 def stadv(model, cfg):
     """stAdv (Xiao et al. 2018), ours: untargeted, per example, Adam and a C&W-style search over tau."""
-    return StAdv(model, tau=cfg.stadv_tau, steps=scaled(cfg.stadv_steps, cfg.steps_scale),
+    return StAdv(model, tau=cfg.stadv_tau, steps=cfg.stadv_steps,
                  search_steps=cfg.stadv_search_steps, lr=cfg.stadv_lr, init_std=cfg.stadv_init_std)
 
 
 @register_attack("stadv-ref", Knob("stadv_ref_tau", nonneg_float, 0.05, "smoothness weight of the released stAdv "
                                    "recipe (fixed)"),
                  Knob("stadv_ref_max_iter", positive_int, 200, "L-BFGS-B iterations and evaluations per image at most "
-                      "(SciPy's default of 15000 takes hours per 100 points on a CPU)"),
+                      "(SciPy's default of 15000 takes hours per 100 points on a CPU)", steps=True),
                  Knob("stadv_ref_init", str, "uniform", "initial flow: the released demo's U[0, 1) px (seeded per "
-                      "image) or zero", choices=("uniform", "zero")), STEPS_SCALE)
+                      "image) or zero", choices=("uniform", "zero")))
 def stadv_reference(model, cfg):
     """stAdv as its paper's released code runs it: fixed tau 0.05, one L-BFGS-B problem per image, untargeted."""
-    return StAdvReference(model, tau=cfg.stadv_ref_tau, max_iter=scaled(cfg.stadv_ref_max_iter, cfg.steps_scale),
+    return StAdvReference(model, tau=cfg.stadv_ref_tau, max_iter=cfg.stadv_ref_max_iter,
                           init=cfg.stadv_ref_init, seed=cfg.seed)

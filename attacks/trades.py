@@ -1,7 +1,7 @@
 """TRADES' inner maximisation (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades.py``): L-inf PGD on
 KL(f(x) || f(x')) in eval mode, started at x + 0.001 N(0, 1) (not clamped: the first gradient is taken there, as the
 official code), sign steps, ``min(max(x', x - eps), x + eps)`` then [0, 1] as the official code; EOT over the GSeM
-noise through the one EOT helper (the clean prediction from one pass). A training attack (``--loss trades``), not
+noise through the EOT helper (the clean prediction from one pass). A training attack (``--loss trades``), not
 registered for evaluation."""
 from __future__ import annotations
 

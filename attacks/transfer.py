@@ -59,7 +59,7 @@ class Transfer(Attack):
         return torch.where(wrong.view(-1, *[1] * (x.dim() - 1)), x, x_adv)
 
 
-@register_attack("transfer", EPS, EOT_ITER, STEPS_SCALE, SURROGATE, budget=Budget("eps", "linf"))
+@register_attack("transfer", EPS, EOT_ITER, STEPS_SCALE, SURROGATE, budget=Budget("eps", "linf"), gradient="black")
 def transfer(model, cfg):
     """PGD500 (step 2/255, EOT on a stochastic surrogate) on the --surrogate checkpoint, applied to the model."""
     return Transfer(model, load_surrogate(cfg.surrogate), eps=cfg.eps, alpha=2 / 255,

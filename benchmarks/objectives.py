@@ -3,7 +3,7 @@
     python benchmarks/objectives.py                 # CPU, GSeM-ResNet-18, batch 8, the recipe's inner loops
     python benchmarks/objectives.py --device cuda --batch_size 256
 
-Each step is what train_gsem*.py run: ``utils.gsem_training.objective`` (training attack, input policy, loss) inside
+Each step is what train_gsem*.py run: ``train_gsem.objective`` (training attack, input policy, loss) inside
 ``utils.training.TrainStep`` with 10 EOT passes, AWP for ``+awp``. Median of ``--steps`` steps after one warm-up.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_gsem  # noqa: E402
 from models import build_model  # noqa: E402
+from train_gsem import objective  # noqa: E402
 from utils.awp import AWP  # noqa: E402
-from utils.gsem_training import objective  # noqa: E402
 from utils.training import TrainStep  # noqa: E402
 
 OBJECTIVES = ["mixed", "pgd_at", "trades", "mart", "mart+awp"]

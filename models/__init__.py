@@ -3,7 +3,7 @@ this package is imported here, so a model registers itself by being in a file of
 import importlib
 import pkgutil
 
-from . import gsem, resnet, vgg, wideresnet  # noqa: F401  (registration order: FGR's families, then GSeM's)
+from . import vgg, resnet, wideresnet, gsem  # noqa: F401  (registration order: FGR's families, then GSeM's)
 from .gsem import GradSemiMaskModule, gradient_correction, set_gradient_correction
 from .registry import build_from_spec, build_model, canonical_name, list_models, model_options, register, unregister
 

@@ -26,7 +26,8 @@ def register(*names: str):
     def deco(fn):
         for name in names:
             if name.lower() in _REGISTRY:
-                raise ValueError(f"model name {name!r} registered twice")
+                raise ValueError(f"model name {name!r} is taken by {_DISPLAY[name.lower()]!r} (names are "
+                                 f"case-insensitive)")
             _REGISTRY[name.lower()] = fn
             _CANONICAL[name.lower()] = names[0]
             _DISPLAY[name.lower()] = name

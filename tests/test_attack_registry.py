@@ -16,8 +16,6 @@ from attacks import ATTACKS, AttackConfig, attack_label, build_attack, list_atta
 from attacks.registry import all_knobs, unregister_attack
 from models import build_model
 
-# a small budget in each measure's units (one value per budget knob): the contract holds every bounded attack to it
-SMALL_BUDGET = {"linf": (4 / 255,), "flow_linf": (0.02,), "tnorm_px": (0.3,), "rotation_translation": (2.0, 0.5)}
 FAST = dict(eot_iter=1, steps_scale=0.01)
 
 
@@ -43,7 +41,7 @@ def test_every_registered_attack_keeps_the_contract(name):
     spec = ATTACKS[name]
     cfg = AttackConfig(**FAST)
     if spec.budget is not None:
-        cfg = cfg.replace(**dict(zip(spec.budget.knobs, SMALL_BUDGET[spec.budget.measure])))
+        cfg = cfg.replace(**dict(zip(spec.budget.knobs, spec.budget.measure.small)))
     attack, settings = build_attack(name, model, cfg)
     x_adv = attack(x, y)
     assert x_adv.shape == x.shape and x_adv.dtype == x.dtype and torch.isfinite(x_adv).all()
@@ -54,7 +52,7 @@ def test_every_registered_attack_keeps_the_contract(name):
     if attack.produces_flow:
         assert attack.last_flow.shape == (4, 32, 32, 2) and torch.isfinite(attack.last_flow).all()
     if spec.budget is not None:
-        assert spec.budget.respected(x, x_adv, attack, SMALL_BUDGET[spec.budget.measure]).all(), spec.budget
+        assert spec.budget.respected(x, x_adv, attack, spec.budget.measure.small).all(), spec.budget
 
 
 @pytest.mark.parametrize("name", [n for n in list_attacks() if ATTACKS[n].budget is not None])
@@ -169,3 +167,64 @@ def test_a_new_attack_with_two_knobs_is_in_both_scripts_help_and_rows(new_attack
         assert row["label"].startswith("random_sign [rs_tries=5") and row["attack_settings"]["tries"] == 5
     on_disk = json.loads((tmp_path / "r" / "vgg.json").read_text())
     assert on_disk["format"] == 2 and list(on_disk["rows"]) == [rows[0]["label"]]
+
+
+L2_ATTACK = '''
+import torch
+import torch.nn.functional as F
+
+from attacks import Attack, Budget, Knob, Measure, register_attack
+from attacks.registry import STEPS_SCALE, scaled
+from utils.argtypes import nonneg_float
+
+L2 = Measure("l2", lambda x, x_adv, attack: (x_adv - x).flatten(1).norm(dim=1), (0.25,))
+
+
+class PGDL2(Attack):
+    """L2 PGD: normalised gradient steps of 2.5 eps / steps, projected on the L2 ball and [0, 1]."""
+
+    def __init__(self, model, eps, steps):
+        super().__init__(model)
+        self.eps, self.steps = eps, steps
+
+    def perturb(self, x, y):
+        delta = torch.zeros_like(x)
+        for _ in range(self.steps):
+            delta.requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(self.model(x + delta), y), delta)
+            g = g / g.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = delta.detach() + 2.5 * self.eps / self.steps * g
+            norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+            delta = (delta * (self.eps / norm).clamp(max=1)).clamp(-x, 1 - x)
+        return (x + delta).detach()
+
+
+@register_attack("PGD-L2", Knob("eps_l2", nonneg_float, 0.5, "L2 budget of PGD-L2", unit="L2"), STEPS_SCALE,
+                 budget=Budget("eps_l2", L2))
+def pgd_l2(model, cfg):
+    """L2 PGD, 20 steps."""
+    return PGDL2(model, cfg.eps_l2, scaled(20, cfg.steps_scale))
+'''
+
+
+def test_an_l2_attack_with_its_own_budget_measure_is_one_file(tmp_path, monkeypatch, cifar10_root, capsys):
+    """A new budget measure (L2) declared in the attack's own file: both scripts' --help, a row, the contract."""
+    (tmp_path / "pgd_l2_attack.py").write_text(L2_ATTACK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("pgd_l2_attack")
+    try:
+        for script, argv in ((evaluate, []), (evaluate_gsem, ["--model_load_path", "x.pt"])):
+            with pytest.raises(SystemExit):
+                script.get_args(argv + ["--help"])
+            assert "--eps_l2" in capsys.readouterr().out
+        test_every_registered_attack_keeps_the_contract("PGD-L2")
+        test_zero_budget_is_the_identity("PGD-L2")
+        torch.save(build_model("smallcnn", 10).state_dict(), tmp_path / "m.pt")
+        record = evaluate.main(evaluate.get_args([
+            "--data_path", cifar10_root, "--no-verify_data", "--workers", "0", "--no_bar", "--subset", "4",
+            "--checkpoint", str(tmp_path / "m.pt"), "--model_name", "smallcnn", "--result_path", str(tmp_path / "r"),
+            "--attacks", "PGD-L2", "--eps_l2", "0.25", "1"]))
+        assert set(record["rows"]) == {"PGD-L2 [eps_l2=0.25, n=4]", "PGD-L2 [eps_l2=1, n=4]"}  # a budget sweep
+    finally:
+        unregister_attack("PGD-L2")
+        sys.modules.pop("pgd_l2_attack", None)

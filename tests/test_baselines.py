@@ -98,7 +98,7 @@ def test_pgd_at_step_is_bit_identical_to_the_official_code(name):
 def test_pgd_at_attacks_in_train_mode_under_every_gradient_correction(correction):
     """The ablation flag must not change the baseline's recipe: PGD-AT's attack updates BatchNorm statistics in
     every one of its forwards (steps + the selection forward) whether or not the correction is on."""
-    from utils.gsem_training import objective
+    from train_gsem import objective
 
     model = build_model("GSeMResNet18", 10, beta=0).train()
     args = train_gsem_awp.get_args(["--loss", "pgd_at", "--gradient_correction", correction, "--attack_steps", "3",
@@ -244,7 +244,8 @@ def test_trades_awp_proxy_objective_gamma_and_warmup_are_the_official_ones():
     assert [awp.active(e) for e in (1, 9, 10, 11)] == [False, False, True, True]
     # the script: TRADES with AWP takes them unless --awp_gamma / --awp_warmup say otherwise
     args = train_gsem_awp.get_args(["--loss", "trades", "--classifier_name", "resnet18"])
-    from utils.gsem_training import build_classifier, weight_perturbation
+    from train_gsem import build_classifier
+    from train_gsem_awp import weight_perturbation
 
     made = weight_perturbation(args, build_classifier(args, "cpu"), "cpu")
     assert (made.gamma, made.warmup, made.loss_fn.func) == (0.005, 10, awp_trades)
@@ -279,7 +280,8 @@ def test_gradient_correction_governs_the_awp_proxy():
         diffs[correct] = awp.calc(x, y, x)["0.weight"]  # the stem conv, before the GSeM module
     assert (diffs[True] - diffs[False]).abs().max() > 1e-4  # the masked gradient moves the stem differently
     args = train_gsem_awp.get_args(["--gradient_correction", "none", "--classifier_name", "resnet18"])
-    from utils.gsem_training import build_classifier, weight_perturbation
+    from train_gsem import build_classifier
+    from train_gsem_awp import weight_perturbation
 
     assert weight_perturbation(args, build_classifier(args, "cpu"), "cpu").correct is False
 

@@ -200,7 +200,7 @@ def test_budget_sweeps_make_one_row_each_and_the_curves_are_drawn_from_the_files
     plots.main(["--result_path", str(tmp_path / "r"), "--out", str(tmp_path / "fig.png")])
     assert (tmp_path / "fig_budgets.png").stat().st_size > 10_000
     on_disk = json.loads((tmp_path / "r" / "m.json").read_text())["rows"]["adef [adef_steps=3, n=8]"]
-    assert len(on_disk["deformation"]["per_example"]["tnorm_px"]) == 8 and on_disk["robust_flags"].count("1") == \
+    assert len(on_disk["deformation"]["per_example"]["tnorm_px"]) == 8 and on_disk["robust_flags"].count(True) == \
         sum(v is None for v in on_disk["deformation"]["per_example"]["tnorm_px"])  # not fooled: no deformation
 
 

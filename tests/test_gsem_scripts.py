@@ -8,7 +8,7 @@ import train_gsem
 import train_gsem_awp
 import train_gsem_mart
 from synthetic import write_svhn
-from utils import gsem_training, training
+from utils import training
 from utils.checkpoint import load_checkpoint
 
 SCRIPTS = {"gsem": train_gsem, "mart": train_gsem_mart, "awp": train_gsem_awp}
@@ -30,7 +30,7 @@ def small(root, dataset, out, *extra):
 
 def run_of(method, argv):
     """The run name the script gives these flags."""
-    return gsem_training.run_name(SCRIPTS[method].get_args(argv), method, SCRIPTS[method].parser())
+    return train_gsem.run_name(SCRIPTS[method].get_args(argv), method, SCRIPTS[method].parser())
 
 
 @pytest.mark.parametrize("method", list(SCRIPTS))
@@ -45,7 +45,7 @@ def test_seed_commands_parse_and_defaults_are_the_reference_recipe(method):
     if method == "awp":
         assert (args.awp_gamma, args.awp_warmup, args.awp_lr) == (None, None, 0.01)  # None: the objective's
         small = SCRIPTS[method].get_args(["--classifier_name", "resnet18"])
-        awp = gsem_training.weight_perturbation(small, gsem_training.build_classifier(small, "cpu"), "cpu")
+        awp = train_gsem_awp.weight_perturbation(small, train_gsem.build_classifier(small, "cpu"), "cpu")
         assert (awp.gamma, awp.warmup, awp.correct) == (0.01, 0, True)  # MART + AWP as the GSeM reference
     assert SCRIPTS[method].get_args(["--no-use_amp"]).use_amp is False
 
@@ -162,6 +162,9 @@ def test_the_correction_ablation_runs_and_is_named_and_recorded(scope, cifar10_r
 
 def test_plain_classifiers_are_named_without_alpha_and_beta():
     assert run_of("gsem", ["--classifier_name", "resnet18"]) == "resnet18"
+    # a hyperparameter of another objective than --loss changes nothing and is not in the name
+    assert run_of("gsem", ["--loss", "mixed", "--trades_beta", "3"]) == "GSeMResNet18_6_4"
+    assert run_of("gsem", ["--loss", "trades", "--trades_beta", "3"]) == "GSeMResNet18_6_4_losstrades_trades_beta3.0"
     assert run_of("gsem", []) == "GSeMResNet18_6_4"
 
 

@@ -47,6 +47,10 @@ def test_seed_commands_parse_verbatim_and_name_runs_as_the_reference(lamb, name)
             args.rs_sigma, args.augment) == (80, 128, 0.01, 0.9, 5e-4, [40, 60], 0.01, "reference")
     args = evaluate.get_args(seed)
     assert (args.flow_eps, args.flow_steps, args.batch_size, args.attacks) == (0.01, 100, 128, ["flow"])
+    p = main.parser()  # the flow AT settings act only with --adv_train: not in the name of a run without it
+    assert fgr_run_name(main.get_args(seed + ["--adv_eps", "0.02"]), vars(p.parse_args([])), p.result_flags()) == name
+    flow_at = main.get_args(seed + ["--adv_eps", "0.02", "--adv_train", "flow"])
+    assert fgr_run_name(flow_at, vars(p.parse_args([])), p.result_flags()) == name + "_adv_trainflow_adv_eps0.02"
 
 
 def test_train_writes_a_named_checkpoint_with_metadata(trained):

@@ -22,6 +22,8 @@ class Knob:
         flags: the spellings (default ``--<name>``).
         scale: flag units -> the code's units (1/255 for ``--eps 8``, which means 8/255).
         choices: the allowed values of a string knob.
+        steps: an attack's iteration, restart or query count, which ``--steps_scale`` multiplies (the registry does
+            it before the attack is built, and gives the attack the ``steps_scale`` knob).
     """
     name: str
     type: Callable
@@ -31,6 +33,7 @@ class Knob:
     flags: tuple = ()
     scale: float = 1.0
     choices: tuple = ()
+    steps: bool = False  # an iteration, restart or query count: the attack registry multiplies it by --steps_scale
 
     @property
     def option_strings(self) -> tuple:
@@ -172,3 +175,45 @@ def flow_budget(text: str) -> float:
         raise argparse.ArgumentTypeError(f"is in normalised units (1 = half the image, 0.01 = 0.155 px at 32x32); "
                                          f"{text} = {value * 15.5:.4g} px at 32x32; use a value in [0, 1]")
     return value
+
+
+# The flags the scripts define themselves (spellings without "--"), which an extension's knob may not take: attack
+# knobs join evaluate.py and evaluate_gsem.py, objective hyperparameters the training scripts (main.py and GSeM's).
+# tests/test_extending.py keeps these equal to the scripts' parsers.
+EVALUATE_FLAGS = frozenset({
+    "adv_eps", "adv_steps", "adv_train", "alpha", "amp", "attacks", "augment", "bar", "batch_size", "batched_eot",
+    "beta", "budgets", "checkpoint", "classifier_name", "data_name", "data_path", "dataset_name", "device",
+    "disable_bar", "eot_batch", "fgr_lamb", "lamb", "model_load_path", "model_name", "n_examples", "no_bar",
+    "normalize", "reg", "repeat", "result_path", "resume", "rs_sigma", "sanity_checks", "save_adv", "seed", "subset",
+    "verify_data", "weight_path", "workers", "worst_case"})
+TRAIN_FLAGS = frozenset({
+    "adv_eps", "adv_steps", "adv_train", "alpha", "amp", "att_eot_num", "attack_steps", "augment", "awp_gamma",
+    "awp_lr", "awp_warmup", "bar", "batch_size", "batched_eot", "best_acc", "beta", "channels_last",
+    "classifier_name", "compile", "data_name", "data_path", "dataset_name", "device", "device_data", "disable_bar",
+    "eot_batch", "epochs", "eps", "fgr_lamb", "fgr_lamb_ref_batch", "fgr_warmup", "gra_eot_num",
+    "gradient_correction", "igr_match_fgr", "igr_match_on", "lamb", "loss", "lr", "milestones", "model_load_path",
+    "model_name", "model_save_path", "momentum", "no_bar", "normalize", "overwrite", "reg", "reload", "result_path",
+    "resume", "rs_sigma", "sampler", "seed", "select", "step_size", "subset", "sync_bn", "use_amp", "val_split",
+    "verify_data", "weight_decay", "weight_path", "workers"})
+
+
+def knob_clash(owner: str, knobs, declared: dict, reserved: frozenset) -> str | None:
+    """Why the knobs of ``owner`` (``attack 'X'`` or ``objective 'X'``) cannot be registered, in one line with a free
+    name to use, or None. A knob clashes when one of its flags is a script's own flag (``reserved``) or another
+    knob's (``declared``: name -> Knob), or when its name is declared with another meaning; the same knob declared
+    again (a shared one such as ``eps``) is fine."""
+    spelled = {s.lstrip("-"): k for k in declared.values() for s in k.option_strings}
+    for k in knobs:
+        if declared.get(k.name, k) != k:
+            why = f"its knob {k.name!r} is declared differently elsewhere"
+        else:
+            taken = [s.lstrip("-") for s in k.option_strings
+                     if s.lstrip("-") in reserved or spelled.get(s.lstrip("-"), k) != k]
+            if not taken:
+                continue
+            why = f"its knob {k.name!r} would take the flag --{taken[0]}, which " + (
+                "a script already has" if taken[0] in reserved else "another knob has")
+        stem = "".join(c if c.isalnum() else "_" for c in owner.split("'")[1].lower())
+        free = f"{stem}_{k.name}"
+        return f"{owner} not registered: {why}; rename it (e.g. {free!r})"
+    return None

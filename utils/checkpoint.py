@@ -20,36 +20,19 @@ import os
 import pickle
 import random
 import re
-import tempfile
 
 import torch
 
 from . import distributed as dist
 from .errors import UserError
-from .results import JsonLog, ensure_writable
+from .results import JsonLog, atomic_write, ensure_writable
 
 FORMAT = "robust-deform/2"
 
 
 def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a crash or kill at
-    any moment leaves either the old file or the new one, never a half-written one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=folder)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """``torch.save`` through the one atomic writer (``utils.results.atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import os
 
-from models import canonical_name
+from models import canonical_name, list_models
 
 from .argtypes import flow_budget, nonneg_float, nonneg_int, positive_int, seed
+from .datasets import DATASET_HELP
 from .errors import UserError
+from .losses import OBJECTIVES, objective_params
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -81,8 +83,9 @@ def add_fgr_model_args(p: Parser) -> list[str]:
     Returns their dests."""
     before = {a.dest for a in p._actions}
     p.add_argument("--data_name", type=str, default="cifar10",
-                   help="cifar10, cifar100, svhn, mnist, fashionmnist, or digits (built in, no download)")
-    p.add_argument("--model_name", type=str, default="vgg11", help="registry name: vgg11/13/16/19, resnet18, wrn28_10")
+                   help=DATASET_HELP)
+    p.add_argument("--model_name", type=str, default="vgg11",
+                   help=f"registry name (case-insensitive): {', '.join(list_models(canonical=True))}")
     p.add_argument("--reg", type=str, default="fgr", choices=["fgr", "igr"],
                    help="gradient regularizer: fgr (flow gradients) or igr (input gradients, the paper's baseline)")
     p.add_argument("--fgr_lamb", "--lamb", dest="fgr_lamb", type=nonneg_float, default=0.0,
@@ -109,6 +112,7 @@ def add_fgr_model_args(p: Parser) -> list[str]:
 FGR_NAME_FLAGS = ("data_name", "model_name", "reg", "fgr_lamb", "rs_sigma")
 # flags that act only through lambda: not in the name of a run without the penalty (they change nothing there)
 LAMBDA_FLAGS = ("fgr_lamb_ref_batch", "fgr_warmup")
+ADV_FLAGS = ("adv_eps", "adv_steps")  # act only with --adv_train: not in the name of a run without it
 
 
 def _name_value(value) -> str:
@@ -131,6 +135,12 @@ def run_suffix(args, defaults: dict, flags) -> str:
     return "".join(parts)
 
 
+def unused_knobs(loss: str) -> tuple:
+    """The hyperparameters of every objective but ``loss``: they change nothing in its run, so not in its name."""
+    used = {k.name for k in OBJECTIVES[loss].params} if loss in OBJECTIVES else set()
+    return tuple(k.name for k in objective_params() if k.name not in used)
+
+
 def fgr_run_name(args, defaults: dict, flags) -> str:
     """The reference's run name (``cifar10_vgg11_fgr_300.0_rs_0.01``; ``cifar10_vgg11`` when lambda = 0), plus
     :func:`run_suffix` over ``flags`` (the result-changing flags of the script) beyond those in the name."""
@@ -139,7 +149,9 @@ def fgr_run_name(args, defaults: dict, flags) -> str:
         name += f"_{args.reg}_{args.fgr_lamb}"
         if args.rs_sigma > 0:
             name += f"_rs_{args.rs_sigma}"
-    skip = FGR_NAME_FLAGS + (LAMBDA_FLAGS if args.fgr_lamb == 0 else ())
+    loss = getattr(args, "loss", "fgr")
+    skip = FGR_NAME_FLAGS + (LAMBDA_FLAGS if args.fgr_lamb == 0 else ()) + \
+        (ADV_FLAGS if getattr(args, "adv_train", "none") == "none" and loss == "fgr" else ()) + unused_knobs(loss)
     return name + run_suffix(args, defaults, [f for f in flags if f not in skip])
 
 

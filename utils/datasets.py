@@ -178,6 +178,7 @@ DATASETS = {
     "mnist": DatasetInfo(MNIST, 10, "MNIST/raw", _MNIST_FILES, (0.1307,), (0.3081,), channels=1),
     "fashionmnist": DatasetInfo(FashionMNIST, 10, "FashionMNIST/raw", _MNIST_FILES, (0.2860,), (0.3530,), channels=1),
 }
+DATASET_HELP = f"{', '.join(DATASETS)} (digits: built in, no download)"
 
 
 def num_classes(name: str) -> int:
@@ -187,6 +188,13 @@ def num_classes(name: str) -> int:
 def num_channels(name: str) -> int:
     """Input channels of dataset ``name`` (1 for MNIST and Fashion-MNIST, else 3)."""
     return DATASETS[_check_name(name)].channels
+
+
+def model_options_for(name: str, takes=(), **values) -> dict:
+    """The options a registry model is built with for dataset ``name``: one input channel for the grey datasets, and
+    each of ``values`` (GSeM's alpha and beta) that the model takes (``takes``: ``models.model_options(model)``)."""
+    channels = num_channels(name)
+    return {**{k: v for k, v in values.items() if k in takes}, **({"in_channels": channels} if channels != 3 else {})}
 
 
 def dataset_stats(name: str):

@@ -1,4 +1,4 @@
-"""The one EOT helper: expectation over transformation (Athalye et al., ICML 2018), here over the GSeM noise.
+"""EOT helpers: expectation over transformation (Athalye et al., ICML 2018), here over the GSeM noise.
 
 Two forms with the same expectation:
 - looped (the reference): n forward/backward passes of the batch, gradients averaged;

@@ -5,8 +5,8 @@ attack's pass over the test set, and one row format for every attack of both pap
     acc (the headline: draw 0, judged by one forward as the references), accs / mean / std over ``--repeat`` draws,
     n_examples, n_clean_correct, acc_on_clean_correct, n_success / success_rate (correct points fooled), settings
     (the attack's knobs, flag units), attack_settings (what the attack object ran with), seeds, seconds,
-    robust_flags (per-example outcome of draw 0, "1" = still correct), and for deformation attacks ``deformation``
-    (T-norm and mean displacement of the successful flows, px).
+    robust_flags (per-example outcome of draw 0, true = still correct; earlier files hold "0101" strings), and for
+    deformation attacks ``deformation`` (T-norm and mean displacement of the successful flows, px).
 
 Rows are keyed by ``attacks.attack_label`` and merged into the checkpoint's result file (``utils.results``); each
 script adds its own header keys and console lines.
@@ -39,8 +39,8 @@ from .flow import flow_norms_pixels
 from .modes import eval_mode
 from .precision import autocast
 from .runtime import fast_path, seed_everything
+from .training import BAR_REFRESH
 
-BAR_REFRESH = 1.0  # seconds between updates of the bar's running numbers (each update syncs with the device)
 # deformation budgets (T-norm: the largest displacement length, px) at which the minimum-deformation attacks' rows
 # report robust accuracy: from a fifth of a pixel, where the authors' flow attack sits (0.155 px per coordinate), to
 # 3 px, where undefended 32 x 32 classifiers are fooled almost everywhere
@@ -294,7 +294,7 @@ def make_row(name: str, label: str, draws: list[dict], clean_flags: torch.Tensor
            "acc_on_clean_correct": int((flags & clean_flags).sum()) / max(n_correct, 1),
            "n_success": int(success.sum()), "success_rate": int(success.sum()) / max(n_correct, 1),
            "settings": settings, "attack_settings": attack_settings, "seeds": seeds, "seconds": seconds,
-           "robust_flags": "".join("1" if f else "0" for f in flags.tolist())}
+           "robust_flags": flags.tolist()}
     if "tnorm" in draws[0]:
         row["deformation"] = deformation_record(draws[0], clean_flags, min_norm=min_norm, budgets=budgets)
     return row
@@ -320,7 +320,7 @@ def run_attacks(model, loader, device, args, *, n: int, n_total: int, n_classes:
     seed_everything(args.seed)
     clean = evaluate(model, loader, device, bar=args.bar, desc="clean", return_flags=True)[1]["clean"]
     results.clean = {"acc": clean.float().mean().item(), "n": int(clean.numel()), "data_sha256": loader.data_sha256,
-                     "flags": "".join("1" if f else "0" for f in clean.tolist())}
+                     "flags": clean.tolist()}
     results.record["clean"] = results.clean
     if on_clean is not None:
         on_clean(results.clean["acc"])
@@ -372,16 +372,40 @@ def run_one(model, loader, device, args, name, cfg, label, clean_flags, stem="ad
     return row, first[0]
 
 
+def markdown(record: dict, title: str, extra_rows=()) -> list[str]:
+    """The one markdown rendering of a result file's rows (both evaluate scripts): ``title``, a table row per attack
+    row (accuracy, on the clean-correct points, success among correct, spread over draws, points, deformation sizes,
+    accuracy at T-norm budgets, settings, time), ``extra_rows`` (cells), then the checks and warnings."""
+    lines = [title, "", "| attack | accuracy (%) | on clean-correct points (%) | success among correct (%) | mean ± "
+             "std over draws | points | T-norm of successful flows, px (mean / median) | accuracy (%) at T-norm "
+             "budgets, px | settings | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, r in record["rows"].items():
+        deform = r.get("deformation", {})
+        tn = deform.get("tnorm_px", {})
+        tn = f"{tn['mean']:.3f} / {tn['median']:.3f}" if tn.get("mean") is not None else "–"
+        at = ", ".join(f"{b}: {100 * a:.1f}" for b, a in deform.get("acc_at_budget_px", {}).items()) or "–"
+        spread = f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f} (R={len(r['accs'])})" if len(r["accs"]) > 1 else "–"
+        sets = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r["settings"].items())
+        lines.append(f"| {label} | {100 * r['acc']:.2f} | {100 * r['acc_on_clean_correct']:.2f} | "
+                     f"{100 * r['success_rate']:.1f} ({r['n_success']} / {r['n_clean_correct']}) | {spread} | "
+                     f"{r['n_examples']} | {tn} | {at} | {sets} | {r['seconds']:.0f} |")
+    lines += ["| " + " | ".join(cells) + " |" for cells in extra_rows]
+    checks = check_lines({**record.get("checks", {}), **record.get("sanity", {})})
+    lines += ["", "Gradient-masking checks:"] + [f"- {c}" for c in checks] if checks else []
+    lines += ["", "Warnings:"] + [f"- {w}" for w in record["warnings"]] if record.get("warnings") else []
+    return lines
+
+
 def subsets(record: dict) -> str:
     """The markdown tables' note of the clean accuracy on fewer points (the subsets evaluated), beside a row's own."""
     cleans = [c for c in (record.get("cleans") or {}).values() if c["n"] != record["clean"]["n"]]
     return "".join(f"; on the first {c['n']}: {100 * c['acc']:.2f}%" for c in cleans)
 
 
-def row_flags(row: dict) -> list | None:
-    """A row's per-example outcome (True = still correct) as a list of booleans, from either stored form (a list, or
-    the earlier "0101" string); None when the row has none."""
-    flags = row.get("robust_flags")
+def row_flags(row: dict, key: str = "robust_flags") -> list | None:
+    """A row's per-example outcome (True = still correct; ``key="flags"`` for a clean measurement) as a list of
+    booleans, from either stored form (a list, or the earlier "0101" string); None when the row has none."""
+    flags = row.get(key)
     if flags is None:
         return None
     return [c == "1" for c in flags] if isinstance(flags, str) else [bool(f) for f in flags]
@@ -425,10 +449,17 @@ def weaker_than(strong: dict, weak: dict, strong_acc: float | None = None, weak_
     return sa - wa > 2 * standard_error(wa, n)
 
 
-# gradient attacks at an L-inf eps (the masked-gradient PGD too: a black-box attack beating every white-box attack
-# run, the uncorrected one included, is the sign of masking whichever gradient the evaluation used)
-WHITE_BOX = ("PGD500", "PGD", "PGD-uncorrected", "APGD500", "AA", "AA-standard", "AA-rand")
-BLACK_BOX = ("Square", "transfer")  # attacks that never use the evaluated model's gradient
+def _declared(row: dict, what: str):
+    spec = ATTACKS.get(row["attack"])
+    return getattr(spec, what) if spec is not None else ("" if what == "gradient" else ())
+
+
+def _same_budget(a: dict, b: dict) -> bool:
+    """Both rows bound by the same budget knobs at the same values (an unbounded attack has no budget to share)."""
+    ka, kb = (ATTACKS[r["attack"]].budget.knobs if ATTACKS.get(r["attack"]) and ATTACKS[r["attack"]].budget else ()
+              for r in (a, b))
+    sa, sb = a.get("settings", {}), b.get("settings", {})
+    return bool(ka) and ka == kb and all(sa.get(k) is not None and sa.get(k) == sb.get(k) for k in ka)
 
 
 def _same_but(a: dict, b: dict, *keys) -> bool:
@@ -440,17 +471,17 @@ def _same_but(a: dict, b: dict, *keys) -> bool:
 def masking_checks(rows: dict) -> tuple[dict, list]:
     """Checks on the rows of one run, without running anything: a stronger attack must not leave more accuracy than
     a weaker one at the same budget on the same points (:func:`weaker_than`: twice the fooled points, or a paired
-    sign test on the points where they disagree), else the stronger one's gradients are suspect or it was cut short:
+    sign test on the points where they disagree), else the stronger one's gradients are suspect or it was cut short.
+    The relations are declared with the attacks (``register_attack(..., gradient=, stronger_than=)``), so a new
+    attack is checked by its declaration:
 
-    - AutoAttack (any version) and APGD500 must not be weaker than PGD500 at the same eps;
-    - the corrected gradient must not be weaker than the masked one: PGD500 against ``PGD-uncorrected`` at the same
-      settings (GSeM's claim that the correction restores the true gradient);
-    - the strongest white-box attack at an eps must not be weaker than a gradient-free (``Square``) or transfer
-      attack at that eps (masked gradients make a white-box attack weaker than one that does not use them);
-    - more EOT samples must not make an attack stronger: the same attack at the same settings with more
+    - an attack must not be weaker than those it declares ``stronger_than`` at the same budget: AutoAttack (any
+      version) and APGD500 than PGD500; PGD500 (corrected gradient) than ``PGD-uncorrected`` (masked: GSeM's claim
+      that the correction restores the true gradient); the flow attack than its gradient-free twin ``flow-rs``;
+    - the strongest white-box attack at a budget must not be weaker than a black-box one (``Square``, ``transfer``)
+      at that budget (masked gradients make a white-box attack weaker than one that does not use them);
+    - more EOT samples must not make a white-box attack stronger: the same attack at the same settings with more
       ``eot_iter`` must not leave less accuracy (else the EOT count is too small to see through the noise);
-    - the gradient-free flow random search must not beat the gradient flow attack at the same flow budget (masked
-      flow gradients);
     - ADef capped at e must not be weaker than the minimum-deformation ADef within e (any cap: the accuracy at e is
       computed from the per-example minimal deformations).
 
@@ -471,25 +502,22 @@ def masking_checks(rows: dict) -> tuple[dict, list]:
                             f"{100 * wa:.2f}% on the same points: {why}")
 
     pairs = [(a, b) for a in rows.values() for b in rows.values() if a is not b and a["n_examples"] == b["n_examples"]]
-    eps = {id(r): r.get("settings", {}).get("eps") for r in rows.values()}
     for strong, weak in pairs:
         kind = (strong["attack"], weak["attack"])
-        same_eps = eps[id(strong)] is not None and eps[id(strong)] == eps[id(weak)]
-        if kind[1] == "PGD500" and kind[0] in ("AA", "AA-standard", "AA-rand", "APGD500") and same_eps:
-            compare(strong, weak, weak["label"],
-                    f"{strong['attack']} should be at least as strong as PGD500 at the same eps; suspect gradient "
-                    f"masking or a run cut short (see its label)", "stronger attack not weaker than PGD500")
-        if kind == ("PGD500", "PGD-uncorrected") and _same_but(strong, weak):
-            compare(strong, weak, weak["label"], "the corrected gradient is weaker than the masked one; the "
-                    "correction does not restore the gradient", "corrected gradient not weaker than masked")
-        if kind[0] == weak["attack"] and kind[0] in WHITE_BOX and _same_but(strong, weak, "eot_iter") \
+        # at the same budget, and at the same settings where the two have the same knobs (like with like)
+        alike = set(strong.get("settings", {})) != set(weak.get("settings", {})) or _same_but(strong, weak)
+        if weak["attack"] in _declared(strong, "stronger_than") and _same_budget(strong, weak) and alike:
+            why = ("a gradient-free attack beats it at the same budget; suspect masked gradients"
+                   if _declared(weak, "gradient") == "black" else
+                   f"{strong['attack']} is declared at least as strong as {weak['attack']} at the same budget; "
+                   f"suspect gradient masking (PGD500 vs PGD-uncorrected: the correction does not restore the "
+                   f"gradient) or a run cut short (see its label)")
+            compare(strong, weak, weak["label"], why, f"{strong['attack']} not weaker than {weak['attack']}")
+        if kind[0] == kind[1] and _declared(strong, "gradient") == "white" and _same_but(strong, weak, "eot_iter") \
                 and strong["settings"].get("eot_iter", 0) < weak["settings"].get("eot_iter", 0):
             compare(strong, weak, weak["label"], f"more EOT samples make the attack stronger; "
                     f"{strong['settings'].get('eot_iter')} are too few to see through the model's noise",
                     "EOT count large enough")
-        if kind == ("flow", "flow-rs") and strong["settings"].get("flow_eps") == weak["settings"].get("flow_eps"):
-            compare(strong, weak, weak["label"], "a gradient-free attack beats the gradient attack at the same "
-                    "budget; suspect masked flow gradients", "gradient flow attack not weaker than random search")
         cap = strong["settings"].get("adef_max_norm")
         if kind == ("adef", "adef") and cap is not None and weak["settings"].get("adef_max_norm") is None:
             at = acc_at_budget(weak, cap)
@@ -498,9 +526,9 @@ def masking_checks(rows: dict) -> tuple[dict, list]:
                 # least what that one fooled within e
                 compare(strong, weak, f"{weak['label']} at {cap:g} px", "the capped ADef is weaker than the "
                         "minimum-deformation ADef within the same T-norm", "capped ADef not weaker", weak_acc=at)
-    for weak in (r for r in rows.values() if r["attack"] in BLACK_BOX):
-        white = [r for r in rows.values() if r["attack"] in WHITE_BOX and r["n_examples"] == weak["n_examples"]
-                 and eps[id(r)] == eps[id(weak)]]
+    for weak in (r for r in rows.values() if _declared(r, "gradient") == "black"):
+        white = [r for r in rows.values() if _declared(r, "gradient") == "white"
+                 and r["n_examples"] == weak["n_examples"] and _same_budget(r, weak)]
         if white:
             strong = min(white, key=lambda r: r["acc"])  # the strongest white-box attack at this eps
             compare(strong, weak, weak["label"], f"{weak['attack']} does not use the model's gradient and is "

@@ -18,6 +18,7 @@ flag of the training scripts and is passed to the loss under its name). To add o
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from models import gradient_correction
 
-from .argtypes import Knob, nonneg_float
+from .argtypes import TRAIN_FLAGS, Knob, knob_clash, nonneg_float
 from .distributed import world_size
 from .flow import random_flow_start
 from .regularizers import flow_gradient_penalty, input_gradient_penalty
@@ -150,18 +151,19 @@ OBJECTIVES: dict[str, Objective] = {}
 
 def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd", summary: str = "", **official):
     """Decorator: register ``loss_fn`` as the objective ``name`` of ``--loss`` with its input policy, training attack
-    and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob);
+    and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob, and
+    a flag a training script or another objective already has is refused with one ``error:`` line on stderr);
     ``official`` sets :class:`Objective`'s ``attack_train_mode``, ``awp_loss``, ``awp_gamma``, ``awp_warmup``."""
     if policy not in ("clean", "adversarial", "half") or attack not in ("pgd", "trades"):
         raise ValueError(f"objective {name!r}: policy must be clean/adversarial/half and attack pgd/trades")
 
     def deco(loss_fn):
+        why = knob_clash(f"objective {name!r}", params, {k.name: k for k in objective_params()}, TRAIN_FLAGS)
         if name in OBJECTIVES:
-            raise ValueError(f"objective {name!r} registered twice")
-        known = {k.name: k for o in OBJECTIVES.values() for k in o.params}
-        clash = [k.name for k in params if known.get(k.name, k) != k]
-        if clash:
-            raise ValueError(f"objective {name!r}: {', '.join(clash)} declared differently by another objective")
+            why = f"objective {name!r} not registered: the name is taken"
+        if why:  # one line, and the other objectives and every script still work
+            print(f"error: {why}", file=sys.stderr)
+            return loss_fn
         text = summary or (loss_fn.__doc__ or "").strip().split("\n")[0]
         OBJECTIVES[name] = Objective(name, loss_fn, policy, attack, tuple(params), text, **official)
         return loss_fn

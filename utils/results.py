@@ -42,20 +42,30 @@ def ensure_writable(folder: str, need_bytes: int = 0) -> None:
                         f"{need_bytes / 2**20:.0f} MiB for its checkpoints")
 
 
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temporary file in the folder of ``path``, then rename it over ``path``."""
+def atomic_write(path: str, write) -> None:
+    """The one atomic writer (result files, checkpoints): ``write(f)`` fills a temporary binary file in the folder of
+    ``path``, which is flushed to disk and renamed over ``path``: a crash or kill at any moment leaves either the old
+    file or the new one, never a half-written one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def finite_json(obj):
@@ -69,9 +79,16 @@ def finite_json(obj):
     return obj
 
 
+_SCALARS = r"(?:true|false|null|-?[0-9][0-9.eE+-]*)"
+
+
 def write_json(path: str, obj) -> None:
-    """``obj`` as indented, strictly valid JSON at ``path`` (non-finite floats as null), atomically."""
-    atomic_write_text(path, json.dumps(finite_json(obj), indent=2, allow_nan=False) + "\n")
+    """``obj`` as indented, strictly valid JSON at ``path`` (non-finite floats as null), atomically; a list of plain
+    values (per-example flags and sizes) on one line."""
+    text = json.dumps(finite_json(obj), indent=2, allow_nan=False)
+    one_line = rf"\[\n\s+({_SCALARS}(?:,\n\s+{_SCALARS})*)\n\s*\]"  # raw newlines: never inside a JSON string
+    text = re.sub(one_line, lambda m: "[" + re.sub(r",\n\s+", ", ", m.group(1)) + "]", text)
+    atomic_write_text(path, text + "\n")
 
 
 def write_result(path: str, record: dict, table: list[str]) -> str:

@@ -19,7 +19,7 @@ import re
 import torch
 from tqdm.auto import tqdm
 
-from attacks import PGD, Uncorrected
+from attacks import PGD, AttackConfig, Uncorrected, build_attack
 from attacks.trades import TradesPGD
 from models import build_model, list_models, model_options
 from utils import distributed as dist
@@ -124,11 +124,13 @@ def objective(args, model):
 
 
 def train_attack(args, model, train_mode: bool = False) -> PGD:
-    """The reference's training and test-epoch attack: PGD-10, eps 8/255, step 2/255, EOT ``--att_eot_num`` (bf16
-    where the caller autocasts: ``--use_amp``); in eval mode, or in train mode for PGD-AT as its official code."""
-    return PGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-               eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch,
-               train_mode=train_mode)
+    """The reference's training and test-epoch attack, the registry's ``PGD``: PGD-10, eps 8/255, step 2/255, EOT
+    ``--att_eot_num`` (bf16 where the caller autocasts: ``--use_amp``); in eval mode, or in train mode for PGD-AT as
+    its official code."""
+    cfg = AttackConfig(eps=args.eps / 255, pgd_steps=args.attack_steps, pgd_alpha=args.step_size / 255,
+                       eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch,
+                       train_mode=train_mode)
+    return build_attack("PGD", model, cfg)[0]
 
 
 def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=True) -> dict:

@@ -68,9 +68,9 @@ class PGD(Attack):
 
 
 def pgd_from(model, cfg, steps: int, alpha: float, **kwargs) -> PGD:
-    """PGD with ``cfg``'s budget, EOT and speed options."""
-    return PGD(model, eps=cfg.eps, alpha=alpha, steps=steps, eot_iter=cfg.eot_iter,
-               batched_eot=cfg.batched_eot, eot_batch=cfg.eot_batch, **kwargs)
+    """PGD with ``cfg``'s budget, EOT, speed options and mode."""
+    return PGD(model, eps=cfg.eps, alpha=alpha, steps=steps, eot_iter=cfg.eot_iter, batched_eot=cfg.batched_eot,
+               eot_batch=cfg.eot_batch, train_mode=cfg.train_mode, **kwargs)
 
 
 @register_attack("PGD500", EPS, EOT_ITER, STEPS_SCALE, budget=Budget("eps", "linf"), gradient="white",

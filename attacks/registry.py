@@ -165,12 +165,14 @@ def scaled(n: int, factor: float) -> int:
 
 class AttackConfig(argparse.Namespace):
     """The value of every registered knob in the attacks' units, plus the run's context: ``seed``, ``n_classes``,
-    ``image_size`` (px) and the speed options ``batched_eot`` / ``eot_batch`` (same expectation).
+    ``image_size`` (px), the speed options ``batched_eot`` / ``eot_batch`` (same expectation) and ``train_mode`` (a
+    training attack that leaves the model in train mode, as PGD-AT's official code; attacks that support it).
 
     ``AttackConfig(**overrides)`` takes the knobs' defaults for everything not given (values in the attacks' units,
     e.g. ``eps=8 / 255``); an unknown name is an error."""
 
-    CONTEXT = {"seed": 0, "n_classes": 10, "image_size": 32, "batched_eot": True, "eot_batch": None}
+    CONTEXT = {"seed": 0, "n_classes": 10, "image_size": 32, "batched_eot": True, "eot_batch": None,
+               "train_mode": False}  # train_mode: a training attack in the model's train mode (PGD-AT)
 
     def __init__(self, **overrides):
         values = {**self.CONTEXT, **{k.name: k.to_value(k.default) for k in all_knobs()}}

@@ -3,6 +3,7 @@
 
     python benchmarks/bench.py                              # CPU, small batches
     python benchmarks/bench.py --device cuda --json bench.json   # GPU, the papers' batch sizes
+    python benchmarks/bench.py --objectives                     # each GSeM objective's step, relative to mixed
 
 Workloads (random CIFAR-shaped data); "ours" is what the scripts do by default on that device:
   fgr       one FGR training step, VGG-11, lambda 300 (CE + lambda R, double backward); ours: native grid_sample
@@ -352,6 +353,38 @@ def make_ours(workload, device, x, y, k=RECIPE, model_name="GSeMResNet18"):
     return lambda: step(x, y)
 
 
+OBJECTIVES = ["mixed", "pgd_at", "trades", "mart", "mart+awp"]
+
+
+def objective_costs(device, batch_size: int, steps: int, smoke: bool) -> dict:
+    """``--objectives``: seconds per training step of each GSeM objective as train_gsem*.py run it
+    (``train_gsem.objective`` inside ``TrainStep`` with the recipe's EOT passes, AWP for ``+awp``; GSeM-ResNet-18),
+    median of ``steps`` after one warm-up, and the cost relative to the mixed objective."""
+    import train_gsem
+    from utils.awp import AWP
+
+    inner = ["--attack_steps", "1", "--att_eot_num", "1", "--gra_eot_num", "1"] if smoke else []
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch_size, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+    times = {}
+    for name in OBJECTIVES:
+        cfg = train_gsem.get_args(["--loss", name.split("+")[0], *inner])
+        torch.manual_seed(0)
+        model = build_model("GSeMResNet18", 10).to(device).train()
+        awp = AWP(model, build_model("GSeMResNet18", 10).to(device), eot_iter=cfg.gra_eot_num) if "awp" in name \
+            else None
+        loss, make_input = train_gsem.objective(cfg, model)
+        step = TrainStep(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), loss,
+                         make_input=make_input, eot_iter=cfg.gra_eot_num, awp=awp, amp=cfg.use_amp, device=device)
+        times[name] = _median_seconds(lambda step=step: step(x, y), device, 1 if smoke else steps)
+    print(f"device: {device}, GSeM-ResNet-18, batch {batch_size}, torch {torch.__version__}\n")
+    print("| objective | s / step | relative to mixed |\n|---|---|---|")
+    for name, t in times.items():
+        print(f"| {name} | {t:.2f} | {t / times['mixed']:.2f}x |")
+    return times
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", type=str, default="cpu")
@@ -362,6 +395,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--json", type=str, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--objectives", action="store_true",
+                   help="instead: the cost of one training step of each GSeM objective, relative to mixed")
     p.add_argument("--compile", action="store_true", help="ours with torch.compile (a lever under test)")
     p.add_argument("--smoke", action="store_true",
                    help="batch 2, one step, every inner loop (attack steps, EOT passes) of size 2: checks it runs")
@@ -370,6 +405,8 @@ def main(argv=None):
     LEVERS["compile"] = args.compile
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.objectives:
+        return objective_costs(torch.device(args.device), args.batch_size or 8, args.steps, args.smoke)
     if args.smoke:
         args.batch_size, args.steps, args.warmup = 2, 1, 0
     device = torch.device(args.device)

@@ -125,6 +125,10 @@ def test_seeds_are_merged_into_mean_and_std_and_formats(tmp_path):
     text = tables.main(["--result_path", str(tmp_path)])
     assert "60.00 ± 14.14 (n=2)" in text and "| 85.36 | 55.15 |" in text  # points unknown (earlier layout)
     assert "\\pm" in tables.main(["--result_path", str(tmp_path), "--format", "latex"])
+    alp = {"val_acc": 0.8, "attacks": {"flow": {"acc": 0.4}},
+           "train_args": {"data_name": "cifar10", "model_name": "vgg11", "fgr_lamb": 0.0, "loss": "alp"}}
+    (tmp_path / "alp.json").write_text(json.dumps(alp))  # main.py --loss alp: its own method, not "plain"
+    assert "| cifar10 | vgg11 | alp (flow) |" in tables.main(["--result_path", str(tmp_path)])
     assert tables.main(["--result_path", str(tmp_path), "--format", "csv"]).startswith("dataset,model,method")
 
 

@@ -10,7 +10,6 @@ objective of utils.losses instead (e.g. --loss pgd_at, or the README's alp), the
 from __future__ import annotations
 
 import copy
-import functools
 import os
 
 import torch
@@ -24,7 +23,7 @@ from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
 from utils.datasets import dataset_stats, model_options_for, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
-from utils.losses import OBJECTIVES, gradient_regularized, objective_params
+from utils.losses import OBJECTIVES, objective_params
 from utils.regularizers import penalty_ratio
 from utils.runtime import prepare_training_model, start_run
 from utils.training import TrainStep, fit, half_adversarial
@@ -32,12 +31,10 @@ from utils.training import TrainStep, fit, half_adversarial
 
 def parser() -> Parser:
     p = Parser(__doc__)
-    add_fgr_model_args(p)
-    p.add_argument("--loss", type=str, default="fgr", choices=["fgr", *OBJECTIVES],
-                   help="fgr: cross-entropy + lambda x the --reg penalty (the paper's); or an objective of "
-                        "utils.losses (its training attack: the flow attack at --adv_eps, --adv_steps)")
-    for knob in objective_params():
-        knob.add_to(p, f" (--loss {', '.join(o.name for o in OBJECTIVES.values() if knob in o.params)})")
+    add_fgr_model_args(p, penalty=False)
+    p.add_argument("--loss", type=str, default=None, choices=list(OBJECTIVES),
+                   help="the objective (utils.losses; default: --reg's, fgr or igr, the paper's); another one trains "
+                        "on its input policy with the flow attack at --adv_eps, --adv_steps")
     p.add_argument("--epochs", type=positive_int, default=80, help="training epochs")
     p.add_argument("--batch_size", type=positive_int, default=128,
                    help="batch size (lambda's meaning depends on it: R scales as 1/B^2 per example)")
@@ -46,9 +43,8 @@ def parser() -> Parser:
     p.add_argument("--weight_decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
     p.add_argument("--milestones", type=positive_int, nargs="+", default=[40, 60],
                    help="epochs at which lr is multiplied by 0.1")
-    p.add_argument("--sampler", type=str, default="auto", choices=["auto", "native", "gather"],
-                   help="bilinear sampler of the FGR penalty: native grid_sample (fast) or the reference's gather "
-                        "sampler; auto = native where its double backward works")
+    for knob in objective_params():  # here, where --sampler always stood: run names keep their order
+        knob.add_to(p, f" (--loss {', '.join(o.name for o in OBJECTIVES.values() if knob in o.params)})")
     p.add_argument("--fgr_lamb_ref_batch", type=nonneg_int, default=0,
                    help="hold lambda's per-example weight fixed across batch sizes: apply lambda x (B / this)^2, so "
                         "--fgr_lamb means what it means at this batch (128: the reference's); 0 = lambda as given")
@@ -154,9 +150,12 @@ def match_igr_to_fgr(args, model, loader, gen, device, say) -> None:
 @cli_entry(on_interrupt=RESUME_HINT)
 def main(args):
     args.model_name = check_model_name(args.model_name)
-    if args.loss != "fgr" and (args.fgr_lamb > 0 or args.adv_train != "none"):
-        raise UserError(f"--loss {args.loss} trains its own objective: --fgr_lamb and --adv_train belong to --loss fgr")
-    if args.loss != "fgr" and OBJECTIVES[args.loss].attack != "pgd":
+    if args.loss in ("fgr", "igr"):  # the paper's objectives are named by --reg (the reference's run names)
+        args.reg, args.loss = args.loss, None
+    if args.loss and (args.fgr_lamb > 0 or args.adv_train != "none"):
+        raise UserError(f"--loss {args.loss} trains its own objective: --fgr_lamb and --adv_train belong to --loss fgr "
+                        f"and igr")
+    if args.loss and OBJECTIVES[args.loss].attack != "pgd":
         raise UserError(f"--loss {args.loss} trains on TRADES' KL attack, which main.py does not have; use "
                         f"train_gsem.py --loss {args.loss}")
     if args.compile and args.fgr_lamb > 0:
@@ -190,17 +189,18 @@ def main(args):
         if lambda_statement(args):
             say(lambda_statement(args))
 
-    def loss_fn(net, x_in, y, x):  # lambda of the current epoch (the warm-up reads step.epoch, set by fit)
-        return gradient_regularized(net, x_in, y, x, reg=args.reg, lamb=lambda_at(args, step.epoch),
-                                    rs_sigma=args.rs_sigma, sampler=args.sampler)
+    obj = OBJECTIVES[args.loss or args.reg]
+    params = {k.name: getattr(args, k.name) for k in obj.params}
 
-    # the training attack, from the registry: the flow attack at --adv_eps, --adv_steps
+    def loss_fn(net, x_in, y, x):  # FGR/IGR: lambda of the current epoch (the warm-up reads step.epoch, set by fit)
+        schedule = {"fgr_lamb": lambda_at(args, step.epoch)} if "fgr_lamb" in params else {}
+        return obj.loss(net, x_in, y, x, **{**params, **schedule})
+
+    # the training attack, from the registry: the flow attack at --adv_eps, --adv_steps; --adv_train flow attacks
+    # the whole batch (FGR then applied at the deformed input), another objective takes its own input policy
     flow = build_attack("flow", model, AttackConfig(flow_eps=args.adv_eps, flow_steps=args.adv_steps))[0]
-    make_input = flow if args.adv_train == "flow" else None
-    if args.loss != "fgr":  # another objective: its loss, and its input policy with the flow attack
-        obj = OBJECTIVES[args.loss]
-        loss_fn = functools.partial(obj.loss, **{k.name: getattr(args, k.name) for k in obj.params})
-        make_input = {"clean": None, "adversarial": flow, "half": half_adversarial(flow)}[obj.policy]
+    make_input = {"clean": flow if args.adv_train == "flow" else None, "adversarial": flow,
+                  "half": half_adversarial(flow)}[obj.policy]
     step = TrainStep(train_model, optimizer, loss_fn, make_input=make_input, amp=args.amp, device=device)
     p = parser()
     name = fgr_run_name(args, vars(p.parse_args([])), p.result_flags())

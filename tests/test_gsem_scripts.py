@@ -189,3 +189,13 @@ def test_every_objective_trains_in_the_one_loop_and_evaluates(method, loss, clas
         str(tmp_path / "r"), "--n_examples", "4", "--attacks", "Clean", "PGD500", "--steps_scale", "0.002",
         "--att_eot_num", "1", "--workers", "0", "--no_bar", "--no-sanity_checks"]))
     assert record["model"] == ("resnet18" if classifier == "resnet18" else classifier)
+
+
+def test_fgr_is_an_objective_of_the_gsem_scripts_too(cifar10_root, tmp_path):
+    """FGR and IGR are registered objectives: train_gsem.py --loss fgr trains a GSeM model with the flow-gradient
+    penalty (double backward through the GSeM modules) and names the run by what acts."""
+    result = train_gsem.main(train_gsem.get_args(small(cifar10_root, "cifar10", tmp_path, "--loss", "fgr",
+                                                       "--fgr_lamb", "10")))
+    assert os.path.basename(result["best_file"]).startswith("GSeMResNet18_6_4_lossfgr_fgr_lamb10.0_")
+    record = result["history"][0]
+    assert record["train_reg"] > 0 and torch.isfinite(torch.tensor(record["train_loss"]))

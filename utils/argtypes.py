@@ -190,11 +190,11 @@ TRAIN_FLAGS = frozenset({
     "adv_eps", "adv_steps", "adv_train", "alpha", "amp", "att_eot_num", "attack_steps", "augment", "awp_gamma",
     "awp_lr", "awp_warmup", "bar", "batch_size", "batched_eot", "best_acc", "beta", "channels_last",
     "classifier_name", "compile", "data_name", "data_path", "dataset_name", "device", "device_data", "disable_bar",
-    "eot_batch", "epochs", "eps", "fgr_lamb", "fgr_lamb_ref_batch", "fgr_warmup", "gra_eot_num",
-    "gradient_correction", "igr_match_fgr", "igr_match_on", "lamb", "loss", "lr", "milestones", "model_load_path",
-    "model_name", "model_save_path", "momentum", "no_bar", "normalize", "overwrite", "reg", "reload", "result_path",
-    "resume", "rs_sigma", "sampler", "seed", "select", "step_size", "subset", "sync_bn", "use_amp", "val_split",
-    "verify_data", "weight_decay", "weight_path", "workers"})
+    "eot_batch", "epochs", "eps", "fgr_lamb_ref_batch", "fgr_warmup", "gra_eot_num", "gradient_correction",
+    "igr_match_fgr", "igr_match_on", "loss", "lr", "milestones", "model_load_path", "model_name", "model_save_path",
+    "momentum", "no_bar", "normalize", "overwrite", "reg", "reload", "result_path", "resume", "seed", "select",
+    "step_size", "subset", "sync_bn", "use_amp", "val_split", "verify_data", "weight_decay", "weight_path",
+    "workers"})
 
 
 def knob_clash(owner: str, knobs, declared: dict, reserved: frozenset) -> str | None:

@@ -13,10 +13,10 @@ import os
 
 from models import canonical_name, list_models
 
-from .argtypes import flow_budget, nonneg_float, nonneg_int, positive_int, seed
+from .argtypes import flow_budget, nonneg_int, positive_int, seed
 from .datasets import DATASET_HELP
 from .errors import UserError
-from .losses import OBJECTIVES, objective_params
+from .losses import FGR_LAMB, OBJECTIVES, RS_SIGMA, objective_params
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -78,8 +78,9 @@ def add_speed_args(p: Parser) -> None:
     add_bool(p, "sync_bn", False, "SyncBatchNorm across processes under torchrun", result=False)
 
 
-def add_fgr_model_args(p: Parser) -> list[str]:
-    """Flags that identify an FGR run (shared by main.py and evaluate.py, so both derive the same file name).
+def add_fgr_model_args(p: Parser, penalty: bool = True) -> list[str]:
+    """Flags that identify an FGR run (shared by main.py and evaluate.py, so both derive the same file name);
+    ``penalty=False`` leaves out lambda and the random start (main.py has them as the objectives' hyperparameters).
     Returns their dests."""
     before = {a.dest for a in p._actions}
     p.add_argument("--data_name", type=str, default="cifar10",
@@ -88,10 +89,9 @@ def add_fgr_model_args(p: Parser) -> list[str]:
                    help=f"registry name (case-insensitive): {', '.join(list_models(canonical=True))}")
     p.add_argument("--reg", type=str, default="fgr", choices=["fgr", "igr"],
                    help="gradient regularizer: fgr (flow gradients) or igr (input gradients, the paper's baseline)")
-    p.add_argument("--fgr_lamb", "--lamb", dest="fgr_lamb", type=nonneg_float, default=0.0,
-                   help="regularisation weight lambda (0 = plain training)")
-    p.add_argument("--rs_sigma", type=flow_budget, default=0.01,
-                   help="std of the random flow start before the regulariser, normalised units (0.01 = 0.155 px)")
+    if penalty:
+        FGR_LAMB.add_to(p)
+        RS_SIGMA.add_to(p)
     p.add_argument("--augment", type=str, default="reference", choices=["reference", "standard", "none"],
                    help="reference: resize 36 + crop 32 + flip (test: resize 36, centre crop 32); "
                         "standard: pad-4 crop + flip (test: raw images)")
@@ -149,9 +149,10 @@ def fgr_run_name(args, defaults: dict, flags) -> str:
         name += f"_{args.reg}_{args.fgr_lamb}"
         if args.rs_sigma > 0:
             name += f"_rs_{args.rs_sigma}"
-    loss = getattr(args, "loss", "fgr")
+    loss = getattr(args, "loss", None) or args.reg
     skip = FGR_NAME_FLAGS + (LAMBDA_FLAGS if args.fgr_lamb == 0 else ()) + \
-        (ADV_FLAGS if getattr(args, "adv_train", "none") == "none" and loss == "fgr" else ()) + unused_knobs(loss)
+        (ADV_FLAGS if getattr(args, "adv_train", "none") == "none" and loss in ("fgr", "igr") else ()) + \
+        unused_knobs(loss)
     return name + run_suffix(args, defaults, [f for f in flags if f not in skip])
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from models import gradient_correction
 
-from .argtypes import TRAIN_FLAGS, Knob, knob_clash, nonneg_float
+from .argtypes import TRAIN_FLAGS, Knob, flow_budget, knob_clash, nonneg_float
 from .distributed import world_size
 from .flow import random_flow_start
 from .regularizers import flow_gradient_penalty, input_gradient_penalty
@@ -132,6 +132,27 @@ def gradient_regularized(model, x_in, y, x, *, reg: str = "fgr", lamb: float = 0
     return ce + lamb * r, logits, {"ce": ce, "reg": r}
 
 
+def fgr(model, x_in, y, x, *, fgr_lamb: float = 0.0, rs_sigma: float = 0.01, sampler: str = "auto"):
+    """FGR (Xia & Li, 2021): cross-entropy + ``fgr_lamb`` x the flow-gradient penalty (:func:`gradient_regularized`)."""
+    return gradient_regularized(model, x_in, y, x, reg="fgr", lamb=fgr_lamb, rs_sigma=rs_sigma, sampler=sampler)
+
+
+def igr(model, x_in, y, x, *, fgr_lamb: float = 0.0, rs_sigma: float = 0.01):
+    """IGR (Ross & Doshi-Velez, AAAI 2018), FGR's baseline: cross-entropy + ``fgr_lamb`` x the input-gradient
+    penalty."""
+    return gradient_regularized(model, x_in, y, x, reg="igr", lamb=fgr_lamb, rs_sigma=rs_sigma)
+
+
+# the gradient-regularization objectives' hyperparameters (main.py's flags, and the GSeM scripts' with --loss fgr)
+FGR_LAMB = Knob("fgr_lamb", nonneg_float, 0.0, "regularisation weight lambda (0 = plain training)",
+                flags=("--fgr_lamb", "--lamb"))
+RS_SIGMA = Knob("rs_sigma", flow_budget, 0.01, "std of the random flow start before the regulariser, normalised "
+                "units (0.01 = 0.155 px)")
+SAMPLER = Knob("sampler", str, "auto", "bilinear sampler of the FGR penalty: native grid_sample (fast) or the "
+               "reference's gather sampler; auto = native where its double backward works",
+               choices=("auto", "native", "gather"))
+
+
 @dataclass(frozen=True)
 class Objective:
     name: str
@@ -188,3 +209,7 @@ register_objective("mart", Knob("mart_beta", nonneg_float, 5.0, "weight of MART'
                    Knob("correct_adv_forward", bool, False, "also correct the gradient of MART's adversarial forward "
                         "in the weight update (off: as the released code, only the clean forward)"),
                    policy="adversarial", summary="whole batch adversarial (PGD), MART")(mart)
+register_objective("fgr", FGR_LAMB, RS_SIGMA, SAMPLER, policy="clean",
+                   summary="clean batch, cross-entropy + lambda x the flow-gradient penalty (FGR)")(fgr)
+register_objective("igr", FGR_LAMB, RS_SIGMA, policy="clean",
+                   summary="clean batch, cross-entropy + lambda x the input-gradient penalty (IGR)")(igr)

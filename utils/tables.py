@@ -48,7 +48,7 @@ def strip_n(label: str) -> str:
 def _fgr_run(a: dict) -> dict:
     lamb = a.get("fgr_lamb", 0.0) or 0.0
     method = a.get("reg", "fgr").upper() if lamb > 0 else "plain"
-    if a.get("loss", "fgr") != "fgr":  # main.py --loss: another objective, the flow attack its training attack
+    if a.get("loss") not in (None, "fgr", "igr"):  # main.py --loss: another objective, the flow attack its attack
         method = f"{a['loss']} (flow)"
     if a.get("adv_train", "none") != "none":
         method += " + flow AT"

@@ -23,9 +23,9 @@ from utils.data import fgr_device_transforms, fgr_transforms, make_loaders
 from utils.datasets import dataset_stats, model_options_for, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
 from utils.evaluation import evaluate
-from utils.losses import OBJECTIVES, objective_params
+from utils.losses import OBJECTIVES, double_backward, objective_params
 from utils.regularizers import penalty_ratio
-from utils.runtime import prepare_training_model, start_run
+from utils.runtime import check_compile, prepare_training_model, start_run
 from utils.training import TrainStep, fit, half_adversarial
 
 
@@ -158,8 +158,8 @@ def main(args):
     if args.loss and OBJECTIVES[args.loss].attack != "pgd":
         raise UserError(f"--loss {args.loss} trains on TRADES' KL attack, which main.py does not have; use "
                         f"train_gsem.py --loss {args.loss}")
-    if args.compile and args.fgr_lamb > 0:
-        raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
+    twice = double_backward(args.loss or args.reg, args)
+    check_compile(args.compile, twice)
     args.fgr_lamb_applied = applied_lambda(args)  # recorded with the run (the checkpoint's args)
     statement = lambda_statement(args)
     if statement:
@@ -178,7 +178,7 @@ def main(args):
     # DDP under torchrun, channels_last on CUDA (and with bf16 on CPU), torch.compile if asked; attacks and
     # evaluation use the plain module
     train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.amp,
-                                                double_backward=args.fgr_lamb > 0,
+                                                double_backward=twice,
                                                 compile=args.compile, sync_bn=args.sync_bn)
     optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

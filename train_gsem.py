@@ -38,10 +38,10 @@ from utils.cli import Parser, add_bool, add_run_args, add_speed_args, check_mode
 from utils.data import gsem_transforms, make_loaders
 from utils.datasets import DATASET_HELP, model_options_for, num_channels, num_classes
 from utils.errors import RESUME_HINT, UserError, cli_entry
-from utils.losses import OBJECTIVES, objective_params, with_gradient_correction
+from utils.losses import OBJECTIVES, double_backward, objective_params, with_gradient_correction
 from utils.modes import eval_mode
 from utils.precision import autocast
-from utils.runtime import prepare_training_model, start_run
+from utils.runtime import check_compile, prepare_training_model, start_run
 from utils.training import TrainStep, fit, half_adversarial
 
 
@@ -200,7 +200,7 @@ def train(args, method: str, p: Parser, *, awp=None) -> dict:
     log as ``<run name>.log.json``.
 
     Args:
-        args: the parsed flags (:func:`add_gsem_train_args`).
+        args: the parsed flags (:func:`parser`).
         method: ``gsem``, ``mart`` or ``awp`` (in the run name); the objective is ``args.loss``.
         p: the script's parser (its result-changing flags name the run and are checked on resume).
         awp: ``awp(args, model, device) -> utils.awp.AWP``: adversarial weight perturbation, recomputed every step
@@ -209,6 +209,8 @@ def train(args, method: str, p: Parser, *, awp=None) -> dict:
         ``{"best", "best_file", "history"}``.
     """
     args.classifier_name = check_model_name(args.classifier_name)
+    twice = double_backward(args.loss, args)  # --loss fgr/igr: channels_last off on CPU, no torch.compile
+    check_compile(args.compile, twice)
     args.method = method  # stored with the checkpoint: evaluation and the results table tell the methods apart
     device, say = start_run(args)
     train_tf, test_tf = gsem_transforms(num_channels(args.dataset_name))
@@ -236,7 +238,7 @@ def train(args, method: str, p: Parser, *, awp=None) -> dict:
                              args.classifier_name)
         # DDP under torchrun, channels_last, torch.compile if asked; attacks, AWP and evaluation use the plain module
         train_model, model = prepare_training_model(model, device, channels_last=args.channels_last, amp=args.use_amp,
-                                                    compile=args.compile, sync_bn=args.sync_bn)
+                                                    double_backward=twice, compile=args.compile, sync_bn=args.sync_bn)
         say(f"reload {reload + 1}/{args.reload}: {'from ' + ckpt.best_file if ckpt.best_file else 'from scratch'}"
             f" | {sum(p.numel() for p in model.parameters()):,} parameters | device {device}")
         optimizer = torch.optim.SGD(train_model.parameters(), lr=args.lr, momentum=args.momentum,

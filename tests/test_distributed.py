@@ -92,3 +92,9 @@ def test_compile_is_refused_with_double_backward(capsys):
     with pytest.raises(SystemExit) as e:
         main.main(main.get_args(["--fgr_lamb", "300", "--compile", "--data_path", "/nonexistent"]))
     assert e.value.code == 2 and "--compile" in capsys.readouterr().err
+    import train_gsem
+
+    with pytest.raises(SystemExit) as e:  # the GSeM scripts' --loss fgr differentiates twice too
+        train_gsem.main(train_gsem.get_args(["--loss", "fgr", "--fgr_lamb", "1", "--compile", "--data_path",
+                                             "/nonexistent"]))
+    assert e.value.code == 2 and "--compile cannot differentiate twice" in capsys.readouterr().err

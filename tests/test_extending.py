@@ -78,8 +78,8 @@ def test_the_readme_loss_trains_a_step_in_main_too(alp, cifar10_root, tmp_path):
             "smallcnn", "--weight_path", str(tmp_path), "--epochs", "1", "--subset", "8", "--batch_size", "8",
             "--adv_steps", "1", "--workers", "0", "--no_bar"]
     main.main(main.get_args(argv))
-    ckpt = torch.load(tmp_path / "cifar10_smallcnn_adv_steps1_lossalp_epochs1_batch_size8_alp_weight1.0_subset8.pt",
-                      weights_only=True)
+    path = tmp_path / "cifar10_smallcnn_adv_steps1_lossalp_epochs1_batch_size8_alp_weight1.0_subset8.pt"
+    ckpt = torch.load(path, weights_only=True)
     assert ckpt["args"]["loss"] == "alp" and ckpt["epoch"] == 1
 
 

@@ -192,6 +192,11 @@ def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd
     return deco
 
 
+def double_backward(name: str, args) -> bool:
+    """Whether objective ``name`` at these flags differentiates twice (a gradient penalty with lambda > 0)."""
+    return FGR_LAMB in OBJECTIVES[name].params and getattr(args, "fgr_lamb", 0) > 0
+
+
 def objective_params() -> list[Knob]:
     """Every hyperparameter of every registered objective, once each (the training scripts' flags)."""
     return list({k.name: k for o in OBJECTIVES.values() for k in o.params}.values())

@@ -75,6 +75,12 @@ def fast_path(model, device, *, channels_last=None, amp=False, double_backward=F
     return model
 
 
+def check_compile(compile: bool, double_backward: bool) -> None:
+    """``--compile`` is refused, before anything runs, where the loss differentiates twice (torch.compile cannot)."""
+    if compile and double_backward:
+        raise UserError("--compile cannot differentiate twice (FGR/IGR with --fgr_lamb > 0); leave it off")
+
+
 def prepare_training_model(model, device, *, channels_last=None, amp=False, double_backward=False, compile=False,
                            sync_bn=False):
     """The fast path around a model already on ``device``: :func:`fast_path`, DDP under torchrun, then

@@ -155,9 +155,9 @@ def main(args):
     if args.loss and (args.fgr_lamb > 0 or args.adv_train != "none"):
         raise UserError(f"--loss {args.loss} trains its own objective: --fgr_lamb and --adv_train belong to --loss fgr "
                         f"and igr")
-    if args.loss and OBJECTIVES[args.loss].attack != "pgd":
-        raise UserError(f"--loss {args.loss} trains on TRADES' KL attack, which main.py does not have; use "
-                        f"train_gsem.py --loss {args.loss}")
+    if args.loss and OBJECTIVES[args.loss].attack != "PGD":
+        raise UserError(f"--loss {args.loss} trains on the {OBJECTIVES[args.loss].attack} attack, not main.py's flow "
+                        f"attack; use train_gsem.py --loss {args.loss}")
     twice = double_backward(args.loss or args.reg, args)
     check_compile(args.compile, twice)
     args.fgr_lamb_applied = applied_lambda(args)  # recorded with the run (the checkpoint's args)

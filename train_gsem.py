@@ -20,7 +20,6 @@ import torch
 from tqdm.auto import tqdm
 
 from attacks import PGD, AttackConfig, Uncorrected, build_attack
-from attacks.trades import TradesPGD
 from models import build_model, list_models, model_options
 from utils import distributed as dist
 from utils.argtypes import (
@@ -110,11 +109,7 @@ def objective(args, model):
     """``(loss, input policy)`` of ``--loss`` (:data:`utils.losses.OBJECTIVES`): its loss with its hyperparameters
     from the flags, its training attack on ``model``, with ``--gradient_correction`` applied to both."""
     obj = OBJECTIVES[args.loss]
-    if obj.attack == "trades":
-        attack = TradesPGD(model, eps=args.eps / 255, alpha=args.step_size / 255, steps=args.attack_steps,
-                           eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch)
-    else:
-        attack = train_attack(args, model, train_mode=obj.attack_train_mode)
+    attack = train_attack(args, model, obj.attack, train_mode=obj.attack_train_mode)
     loss = functools.partial(obj.loss, **{k.name: getattr(args, k.name) for k in obj.params})
     if args.gradient_correction not in ("all", "attack"):
         attack = Uncorrected(model, attack)
@@ -123,14 +118,14 @@ def objective(args, model):
     return loss, {"clean": None, "adversarial": attack, "half": half_adversarial(attack)}[obj.policy]
 
 
-def train_attack(args, model, train_mode: bool = False) -> PGD:
-    """The reference's training and test-epoch attack, the registry's ``PGD``: PGD-10, eps 8/255, step 2/255, EOT
-    ``--att_eot_num`` (bf16 where the caller autocasts: ``--use_amp``); in eval mode, or in train mode for PGD-AT as
-    its official code."""
+def train_attack(args, model, name: str = "PGD", train_mode: bool = False) -> PGD:
+    """The reference's training and test-epoch attack, the registry's ``PGD`` (or the objective's, ``TRADES-KL``):
+    10 steps, eps 8/255, step 2/255, EOT ``--att_eot_num`` (bf16 where the caller autocasts: ``--use_amp``); in eval
+    mode, or in train mode for PGD-AT as its official code."""
     cfg = AttackConfig(eps=args.eps / 255, pgd_steps=args.attack_steps, pgd_alpha=args.step_size / 255,
                        eot_iter=args.att_eot_num, batched_eot=args.batched_eot, eot_batch=args.eot_batch,
                        train_mode=train_mode)
-    return build_attack("PGD", model, cfg)[0]
+    return build_attack(name, model, cfg)[0]
 
 
 def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=True) -> dict:

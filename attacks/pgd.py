@@ -86,8 +86,10 @@ def pgd500_uncorrected(model, cfg):
     return Uncorrected(model, pgd_from(model, cfg, scaled(500, cfg.steps_scale), 2 / 255))
 
 
-PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack", steps=True)
-PGD_ALPHA = Knob("pgd_alpha", step_255, 2.0, "step of the general PGD attack", unit="1/255", scale=1 / 255)
+PGD_STEPS = Knob("pgd_steps", positive_int, 10, "steps of the general PGD attack (and TRADES' KL attack)",
+                 steps=True)
+PGD_ALPHA = Knob("pgd_alpha", step_255, 2.0, "step of the general PGD attack (and TRADES' KL attack)", unit="1/255",
+                 scale=1 / 255)
 
 
 @register_attack("PGD", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, budget=Budget("eps", "linf"),

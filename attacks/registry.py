@@ -93,6 +93,7 @@ class AttackSpec:
     label: str = ""  # the rows' label stem (default: the name)
     gradient: str = ""  # "white": uses the evaluated model's gradient; "black": never does; "": neither declared
     stronger_than: tuple = ()  # attacks it must not leave more accuracy than, at the same budget and points
+    uses_labels: bool = True  # False: ascends a label-free objective (TRADES' KL), may turn a wrong point correct
 
 
 ATTACKS: dict[str, AttackSpec] = {}
@@ -107,7 +108,7 @@ STEPS_SCALE = Knob("steps_scale", positive_float, 1.0, "every attack's iteration
 
 
 def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label: str = "", gradient: str = "",
-                    stronger_than: tuple = ()):
+                    stronger_than: tuple = (), uses_labels: bool = True):
     """Decorator: register ``factory(model, cfg) -> attack`` under ``name`` with the knobs it reads from ``cfg``
     (an :class:`AttackConfig`) and its budget. A knob name declared by two attacks must be the same knob; a knob
     whose flag a script or another knob already has, a taken name or a budget off the knobs is refused with one
@@ -115,7 +116,8 @@ def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label
     ``label``: what its result rows are called when the name alone would mislead (default: the name).
     ``gradient`` and ``stronger_than`` declare what the masking checks (``utils.evaluation.masking_checks``) hold it
     to: a white-box attack must not be weaker than a black-box one (``"black"``: never uses the model's gradient)
-    at the same budget, nor than the attacks it names in ``stronger_than``, nor than itself with fewer EOT samples."""
+    at the same budget, nor than the attacks it names in ``stronger_than``, nor than itself with fewer EOT samples.
+    ``uses_labels=False``: the attack ascends an objective without the labels (TRADES' KL to the clean prediction)."""
 
     if any(k.steps for k in knobs) and STEPS_SCALE not in knobs:  # declared step counts: --steps_scale reaches them
         knobs = (*knobs, STEPS_SCALE)
@@ -133,7 +135,7 @@ def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label
             _KNOBS.setdefault(k.name, k)
         summary = (factory.__doc__ or "").strip().split("\n")[0]
         ATTACKS[name] = AttackSpec(name, factory, tuple(knobs), budget, summary, label or name, gradient,
-                                   tuple(stronger_than))
+                                   tuple(stronger_than), uses_labels)
         return factory
 
     return deco

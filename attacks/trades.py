@@ -1,8 +1,9 @@
 """TRADES' inner maximisation (Zhang et al., ICML 2019; yaodongyu/TRADES ``trades.py``): L-inf PGD on
 KL(f(x) || f(x')) in eval mode, started at x + 0.001 N(0, 1) (not clamped: the first gradient is taken there, as the
 official code), sign steps, ``min(max(x', x - eps), x + eps)`` then [0, 1] as the official code; EOT over the GSeM
-noise through the EOT helper (the clean prediction from one pass). A training attack (``--loss trades``), not
-registered for evaluation."""
+noise through the EOT helper (the clean prediction from one pass). The training attack of ``--loss trades``, built
+from the registry as ``TRADES-KL`` (it ignores the labels, so it may turn a misclassified point correct: declared
+``uses_labels=False``)."""
 from __future__ import annotations
 
 import torch
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 from utils.eot import eot_input_grad
 
 from .base import Attack
+from .pgd import PGD_ALPHA, PGD_STEPS
+from .registry import EOT_ITER, EPS, Budget, register_attack
 
 
 def kl_to(logits, p_clean):
@@ -35,3 +38,11 @@ class TradesPGD(Attack):
             x_adv = x_adv + self.alpha * g.sign()
             x_adv = torch.min(torch.max(x_adv, x - self.eps), x + self.eps).clamp_(0, 1)
         return x_adv.detach()
+
+
+@register_attack("TRADES-KL", EPS, EOT_ITER, PGD_STEPS, PGD_ALPHA, budget=Budget("eps", "linf"), gradient="white",
+                 uses_labels=False)
+def trades_kl(model, cfg):
+    """TRADES' training attack: L-inf PGD on the KL divergence to the clean prediction (default 10 steps of 2/255)."""
+    return TradesPGD(model, eps=cfg.eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, eot_iter=cfg.eot_iter,
+                     batched_eot=cfg.batched_eot, eot_batch=cfg.eot_batch)

@@ -16,7 +16,7 @@ from attacks.trades import TradesPGD
 from models import build_model
 from utils.awp import AWP
 from utils.flow import gather_grid_sample, identity_grid
-from utils.losses import OBJECTIVES, awp_adversarial_ce, awp_trades, cross_entropy, mart, mart_loss, trades
+from utils.losses import OBJECTIVES, awp_adversarial_ce, awp_trades, cross_entropy, mart, mart_loss
 from utils.training import TrainStep
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
@@ -195,14 +195,19 @@ def official_trades_step(model, opt, x, y, beta=6.0):
 
 
 def test_trades_attack_start_loss_and_batchnorm_updates_are_the_official_ones():
+    """``--loss trades`` as train_gsem.py builds it (its objective, TRADES-KL from the attack registry at the
+    script's defaults with EOT 1) takes the official TRADES step."""
+    from train_gsem import objective
+
     x, y = batch(2)
     ours, official = tiny_classifier(), tiny_classifier()
     official.load_state_dict(ours.state_dict())
     opt_o, opt_r = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (ours, official))
-    attack = TradesPGD(ours, EPS, ALPHA, STEPS)
+    loss, make_input = objective(train_gsem_awp.get_args(["--loss", "trades", "--att_eot_num", "1"]), ours)
+    assert isinstance(make_input, TradesPGD)
+    assert (make_input.eps, make_input.alpha, make_input.steps, make_input.eot_iter) == (EPS, ALPHA, STEPS, 1)
     seen = []
-    step = TrainStep(ours, opt_o, functools.partial(trades, trades_beta=6.0),
-                     make_input=lambda a, b: seen.append(attack(a, b)) or seen[-1])
+    step = TrainStep(ours, opt_o, loss, make_input=lambda a, b: seen.append(make_input(a, b)) or seen[-1])
     ours.train()
     torch.manual_seed(3)
     step(x, y)

@@ -92,3 +92,22 @@ def test_floors_are_visible_in_files():
     assert "utils.datasets" not in imports_of("attacks.registry", mods["attacks.registry"], mods)
     with open(mods["attacks.registry"]) as f:
         assert "class Uncorrected" not in f.read()  # a training wrapper, not a registration
+
+
+def test_the_readme_map_names_files_and_definitions_that_exist():
+    """Every "Where is ..." line of the README names a file and the functions or classes it holds: each exists."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    lines = [ln for ln in text.split("Where is ...", 1)[1].split("\n\n", 1)[0].splitlines() if ln.startswith("- ")]
+    assert len(lines) >= 6
+    for line in lines:
+        pairs, path = [], None
+        for i, token in enumerate(line.split("`")):
+            if i % 2 and token.endswith(".py"):
+                path = token
+            elif i % 2 and path:
+                pairs.append((path, token))
+        assert pairs, line
+        for path, name in pairs:
+            tree = ast.parse(open(os.path.join(ROOT, path)).read())
+            defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            assert name.split(".")[-1] in defined, f"README map: {path} has no {name}"

@@ -8,8 +8,9 @@ runs the EOT passes, perturbs weights and steps.
 
 An *objective* (:data:`OBJECTIVES`, the choices of the GSeM scripts' ``--loss``) is a loss declared with its input
 policy (``clean``, ``adversarial``: the whole batch attacked, ``half``: the even-indexed half), its training attack
-(``pgd`` or ``trades``, TRADES' KL attack) and its hyperparameters as :class:`utils.argtypes.Knob` (each becomes a
-flag of the training scripts and is passed to the loss under its name). To add one::
+by its registry name (``PGD``, or ``TRADES-KL``: TRADES' KL attack) and its hyperparameters as
+:class:`utils.argtypes.Knob` (each becomes a flag of the training scripts and is passed to the loss under its name).
+To add one::
 
     @register_objective("my_loss", Knob("my_weight", nonneg_float, 1.0, "weight of my term"), policy="adversarial")
     def my_loss(model, x_in, y, x, *, my_weight=1.0):
@@ -80,10 +81,10 @@ def with_gradient_correction(loss_fn, enabled: bool):
 
 def trades(model, x_in, y, x, *, trades_beta: float = 6.0):
     """TRADES (Zhang et al., ICML 2019): CE on the clean batch plus ``trades_beta`` times KL(f(x) || f(x_in)) averaged
-    over the batch, ``x_in`` from TRADES' KL attack (``attacks.trades``). Three forwards in the official order
-    (yaodongyu/TRADES ``trades_loss``): the clean batch for the CE, the adversarial batch, the clean batch again for
-    the KL target (three BatchNorm updates in train mode; gradients through all three). The training accuracy is
-    counted on the adversarial logits (as the official TRADES-AWP logs it)."""
+    over the batch, ``x_in`` from TRADES' KL attack (``TRADES-KL``, ``attacks.trades``). Three forwards in the
+    official order (yaodongyu/TRADES ``trades_loss``): the clean batch for the CE, the adversarial batch, the clean
+    batch again for the KL target (three BatchNorm updates in train mode; gradients through all three). The training
+    accuracy is counted on the adversarial logits (as the official TRADES-AWP logs it)."""
     loss_natural = F.cross_entropy(model(x), y)
     logits_adv = model(x_in)
     kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(model(x), dim=1), reduction="batchmean")
@@ -158,7 +159,7 @@ class Objective:
     name: str
     loss: Callable
     policy: str  # clean, adversarial (the whole batch attacked) or half (the even-indexed half)
-    attack: str  # the training attack: pgd or trades
+    attack: str  # the training attack, by its registry name (``PGD``, ``TRADES-KL``)
     params: tuple  # Knobs, passed to the loss (and the AWP proxy's loss) under their names
     summary: str = ""
     attack_train_mode: bool = False  # the training attack in train mode (BatchNorm batch statistics), as PGD-AT's code
@@ -170,13 +171,13 @@ class Objective:
 OBJECTIVES: dict[str, Objective] = {}
 
 
-def register_objective(name: str, *params: Knob, policy: str, attack: str = "pgd", summary: str = "", **official):
+def register_objective(name: str, *params: Knob, policy: str, attack: str = "PGD", summary: str = "", **official):
     """Decorator: register ``loss_fn`` as the objective ``name`` of ``--loss`` with its input policy, training attack
     and hyperparameters (:class:`utils.argtypes.Knob`; a name declared by two objectives must be the same knob, and
     a flag a training script or another objective already has is refused with one ``error:`` line on stderr);
     ``official`` sets :class:`Objective`'s ``attack_train_mode``, ``awp_loss``, ``awp_gamma``, ``awp_warmup``."""
-    if policy not in ("clean", "adversarial", "half") or attack not in ("pgd", "trades"):
-        raise ValueError(f"objective {name!r}: policy must be clean/adversarial/half and attack pgd/trades")
+    if policy not in ("clean", "adversarial", "half"):
+        raise ValueError(f"objective {name!r}: policy must be clean, adversarial or half")
 
     def deco(loss_fn):
         why = knob_clash(f"objective {name!r}", params, {k.name: k for k in objective_params()}, TRAIN_FLAGS)
@@ -208,7 +209,7 @@ register_objective("pgd_at", policy="adversarial", attack_train_mode=True,
                    summary="whole batch adversarial (PGD in train mode, as locuslab/robust_overfitting), "
                            "cross-entropy: Madry et al.'s adversarial training")(cross_entropy)
 register_objective("trades", Knob("trades_beta", nonneg_float, 6.0, "weight of TRADES' KL term"),
-                   policy="adversarial", attack="trades", awp_loss=awp_trades, awp_gamma=0.005, awp_warmup=10,
+                   policy="adversarial", attack="TRADES-KL", awp_loss=awp_trades, awp_gamma=0.005, awp_warmup=10,
                    summary="TRADES: clean CE + beta KL to the prediction on TRADES' KL attack")(trades)
 register_objective("mart", Knob("mart_beta", nonneg_float, 5.0, "weight of MART's robust KL term"),
                    Knob("correct_adv_forward", bool, False, "also correct the gradient of MART's adversarial forward "

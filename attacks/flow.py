@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.argtypes import flow_budget, positive_int
-from utils.flow import normalized_to_pixels, warp
+from utils.flow import warp
 
 from .base import Attack
 from .registry import Budget, Knob, register_attack
@@ -36,10 +36,6 @@ class FlowAttack(Attack):
         self.eps, self.steps = float(eps), int(steps)
         self.alpha = self.eps / self.steps
         self.last_flow = None  # flow of the last call, B x H x W x 2 (normalised units)
-
-    def eps_pixels(self, size: int) -> float:
-        """The budget in pixels for an image side of ``size`` pixels."""
-        return normalized_to_pixels(self.eps, size)
 
     def perturb(self, x, y):
         b, _, h, w = x.shape

@@ -26,8 +26,6 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
-import torch
-
 from utils.argtypes import EVALUATE_FLAGS, Knob, eps_255, knob_clash, positive_float, positive_int
 from utils.flow import flow_norms_pixels
 
@@ -72,15 +70,6 @@ class Budget:
     @property
     def knobs(self) -> tuple:
         return (self.knob,) if isinstance(self.knob, str) else tuple(self.knob)
-
-    def respected(self, x, x_adv, attack, values, tol: float = 1e-4) -> torch.Tensor:
-        """Per example: is the perturbation within the budget ``values`` (one per knob, the attack's units)?"""
-        size = self.measure.size(x, x_adv, attack).reshape(x.shape[0], -1)
-        ok = torch.ones(x.shape[0], dtype=torch.bool)
-        for j, value in enumerate(values):
-            if value is not None:
-                ok &= (size[:, j] <= value * (1 + tol) + 1e-6).cpu()
-        return ok
 
 
 @dataclass(frozen=True)
@@ -139,15 +128,6 @@ def register_attack(name: str, *knobs: Knob, budget: Budget | None = None, label
         return factory
 
     return deco
-
-
-def unregister_attack(name: str) -> None:
-    """Remove an attack (and the knobs no other attack uses); for tests and interactive use."""
-    spec = ATTACKS.pop(name)
-    used = {k.name for s in ATTACKS.values() for k in s.knobs}
-    for k in spec.knobs:
-        if k.name not in used:
-            _KNOBS.pop(k.name, None)
 
 
 def all_knobs() -> list[Knob]:

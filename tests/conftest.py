@@ -45,6 +45,17 @@ def no_download(monkeypatch):
 
 # --- the suite's tiny models (one place; real-data models are in realdata.py) ---------------------------------------
 
+def unregister_attack(name: str) -> None:
+    """Remove an attack a test registered (and the knobs no other attack uses)."""
+    from attacks.registry import _KNOBS, ATTACKS
+
+    spec = ATTACKS.pop(name)
+    used = {k.name for s in ATTACKS.values() for k in s.knobs}
+    for k in spec.knobs:
+        if k.name not in used:
+            _KNOBS.pop(k.name, None)
+
+
 def tiny_classifier(classes=10, width=8, bn=True, dtype=torch.float32, in_channels=3):
     """Conv -> (BN) -> ReLU -> pool to 4 x 4 -> Linear: any input size, BatchNorm statistics to watch."""
     torch.manual_seed(0)

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from conftest import trained_tiny_model
 
 from attacks import FlowAttack
+from utils.flow import normalized_to_pixels
 
 
 def test_flow_attack_respects_budget_and_range_and_raises_loss():
@@ -40,4 +41,4 @@ def test_attack_restores_train_mode_and_runs_in_eval_mode():
 
 def test_budget_in_pixels():
     model, _, _ = trained_tiny_model()
-    assert abs(FlowAttack(model, eps=0.01).eps_pixels(32) - 0.155) < 1e-9
+    assert abs(normalized_to_pixels(FlowAttack(model, eps=0.01).eps, 32) - 0.155) < 1e-9

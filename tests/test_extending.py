@@ -6,13 +6,13 @@ import re
 
 import pytest
 import torch
+from conftest import unregister_attack
 
 import evaluate
 import evaluate_gsem
 import main
 import train_gsem
 from attacks import ATTACKS, AttackConfig, build_attack
-from attacks.registry import unregister_attack
 from models import build_model, unregister
 from utils import losses
 

@@ -155,3 +155,19 @@ def test_both_layouts_of_both_scripts_make_one_table(tmp_path):
     assert "| cifar10 | GSeMResNet18 | gsem | α=6, β=4 | – | 80.00 | – | 50.00 |" in text
     assert "| cifar10 | GSeMResNet18 | gsem | α=5, β=3 | 10 | 70.00 | – | 40.00 |" in text
     assert "| cifar10 | vgg11 | plain |  | 10 | 90.00 | 10.00 | – |" in text
+
+
+@pytest.mark.parametrize("n, drawn", [(10000, True), (500, False)])
+def test_the_authors_curve_is_drawn_only_beside_results_on_their_points(tmp_path, n, drawn):
+    """``--reference`` overlays the authors' CIFAR-10 VGG-11 points on a run measured on all 10,000 test images, and
+    says why it adds nothing for a run on a subset; the figure is written either way."""
+    from utils import plots
+
+    record = {"format": 2, "script": "evaluate.py", "checkpoint_sha256": "ab", "data": {"sha256": "x", "n": n},
+              "train_args": {"data_name": "cifar10", "model_name": "vgg11", "fgr_lamb": 300.0, "reg": "fgr"},
+              "clean": {"acc": 0.9, "n": n}, "rows": {"flow": {"acc": 0.5, "attack": "flow", "n_examples": n}}}
+    (tmp_path / "r.json").write_text(json.dumps(record))
+    said = []
+    paths = plots.plot(tables.collect(str(tmp_path)), str(tmp_path / "fig.png"), reference=True, say=said.append)
+    assert all(os.path.getsize(p) > 0 for p in paths)
+    assert bool(said) != drawn and all("adds nothing" in s for s in said)

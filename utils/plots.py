@@ -26,7 +26,7 @@ import textwrap
 
 from attacks import ATTACKS
 
-from .tables import PUBLISHED, PUBLISHED_N, collect, run_names
+from .tables import PUBLISHED, PUBLISHED_N, collect, on_authors_points, run_names
 
 # the authors' result files (lambda: (clean, adversarial)), CIFAR-10 VGG-11, flow attack eps 0.01, K 100
 REFERENCE_POINTS = {int(lam): v for (_, _, lam), v in PUBLISHED.items()}
@@ -96,7 +96,8 @@ def plot(entries: list[dict], out: str, reference: bool = False, say=print) -> l
         for name, clean, adv in points:
             ax.scatter(clean, adv, s=30, zorder=3, label=name, color=colour[name])
         xs = [c for _, c, _ in points]
-        if reference and col == "flow" and any(_authors_setting(e) for e in entries if col in e["cols"]):
+        theirs = any(on_authors_points(e["run"], e["n"]) for e in entries if col in e["cols"])
+        if reference and col == "flow" and theirs:
             ref = [(100 * c, 100 * a) for c, a in REFERENCE_POINTS.values()]
             ax.plot(*zip(*ref), "k--", marker="x", lw=1, label="authors (λ = 0, 100, 200, 300; 10,000 points)")
             xs += [c for c, _ in ref]
@@ -115,11 +116,6 @@ def plot(entries: list[dict], out: str, reference: bool = False, say=print) -> l
     return _finish(fig, axes, os.path.splitext(out)[0])
 
 
-def _authors_setting(entry: dict) -> bool:
-    return (entry["run"]["dataset"], entry["run"]["model"]) == ("cifar10", "vgg11") and entry["n"] in (None,
-                                                                                                    PUBLISHED_N)
-
-
 def save(fig, stem: str) -> list[str]:
     """Write ``fig`` (laid out) as ``<stem>.png`` and ``<stem>.pdf`` (folders made as needed) and close it."""
     import matplotlib.pyplot as plt
@@ -127,7 +123,7 @@ def save(fig, stem: str) -> list[str]:
     os.makedirs(os.path.dirname(os.path.abspath(stem)), exist_ok=True)
     paths = [stem + ".png", stem + ".pdf"]
     for p in paths:
-        fig.savefig(p, dpi=150)
+        fig.savefig(p, dpi=150, bbox_inches="tight", pad_inches=0.1)  # a wide legend stays whole
     plt.close(fig)
     return paths
 

@@ -19,7 +19,7 @@ import re
 import torch
 from tqdm.auto import tqdm
 
-from attacks import PGD, AttackConfig, Uncorrected, build_attack
+from attacks import Attack, AttackConfig, Uncorrected, build_attack
 from models import build_model, list_models, model_options
 from utils import distributed as dist
 from utils.argtypes import (
@@ -118,7 +118,7 @@ def objective(args, model):
     return loss, {"clean": None, "adversarial": attack, "half": half_adversarial(attack)}[obj.policy]
 
 
-def train_attack(args, model, name: str = "PGD", train_mode: bool = False) -> PGD:
+def train_attack(args, model, name: str = "PGD", train_mode: bool = False) -> Attack:
     """The reference's training and test-epoch attack, the registry's ``PGD`` (or the objective's, ``TRADES-KL``):
     10 steps, eps 8/255, step 2/255, EOT ``--att_eot_num`` (bf16 where the caller autocasts: ``--use_amp``); in eval
     mode, or in train mode for PGD-AT as its official code."""

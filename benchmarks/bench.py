@@ -197,17 +197,7 @@ def count(fn) -> dict:
 
 
 def _median_seconds(fn, device, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return _timed_pair([fn], reps, 1, device)[0][0]
 
 
 def measure_peak(device, dtype, smoke: bool = False) -> dict:
@@ -353,6 +343,62 @@ def make_ours(workload, device, x, y, k=RECIPE, model_name="GSeMResNet18"):
     return lambda: step(x, y)
 
 
+def measure(w, device, b, k, steps, warmup, peaks, *, smoke=False, model_name="GSeMResNet18") -> dict:
+    """One workload at batch ``b`` (inner loops ``k``): both sides timed in alternation (median of ``steps``), images
+    per second, peak memory (CUDA), FLOPs of "ours", FLOP/s and fraction of ``peaks[dtype]`` (measured once per dtype
+    into ``peaks``), what bounds it; the deformation workloads also each side's success rate."""
+    per_unit = b * (DATA_BATCHES if w == "data" else 1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(b, 3, 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (b,), generator=gen).to(device)
+    row = {"batch_size": b, "inner_loops": k}
+    fns = []
+    for make in (make_baseline, make_ours):
+        torch.manual_seed(0)
+        fns.append(make(w, device, x, y, k, model_name=model_name))
+    for side, (sec, mem, out) in zip(("baseline", "ours"), _timed_pair(fns, steps, warmup, device)):
+        row[side] = {"ms_per_step": 1000 * sec, "images_per_s": per_unit / sec, "peak_mem_mib": mem}
+        if w in ("stadv", "adef"):  # the digits are all classified correctly: the fraction fooled
+            model, _, yd = _digits(device.type, b)
+            with torch.no_grad():
+                row[side]["success_rate"] = (model(out).argmax(1) != yd).float().mean().item()
+    row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
+    dtype = _dtype_of(w, device)
+    if dtype not in peaks:
+        peaks[dtype] = measure_peak(device, dtype, smoke=smoke)
+    work = count(fns[1])
+    for side in ("ours", "baseline"):
+        row[side]["flops_per_s"] = work["flops"] / (row[side]["ms_per_step"] / 1000)
+        row[side]["fraction_of_peak"] = row[side]["flops_per_s"] / peaks[dtype]["peak_flops_per_s"]
+    row.update(flops_per_step=work["flops"], ops_per_step=work["ops"], dtype=str(dtype).removeprefix("torch."),
+               bound=bound(row["ours"]["fraction_of_peak"], work["flops"], row["ours"]["ms_per_step"] / 1000,
+                           work["ops"], device))
+    return row
+
+
+def table(rows: dict, peaks: dict, device) -> list[str]:
+    """The markdown table of :func:`measure` rows (peak memory on CUDA), the measured peaks and the deformation
+    workloads' success rates."""
+    mem_cols = " ours MiB | baseline MiB |" if device.type == "cuda" else ""
+    lines = ["| workload | batch | ours img/s | baseline img/s | speed-up | GFLOP/step | dtype | ours GFLOP/s | "
+             "of peak | baseline of peak | bound by |" + mem_cols,
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if mem_cols else "")]
+    for w, r in rows.items():
+        mem = f" {r['ours']['peak_mem_mib']:.0f} | {r['baseline']['peak_mem_mib']:.0f} |" if mem_cols else ""
+        lines.append(f"| {w} | {r['batch_size']} | {r['ours']['images_per_s']:.2f} | "
+                     f"{r['baseline']['images_per_s']:.2f} | {r['speedup']:.2f}x | {r['flops_per_step'] / 1e9:.2f} | "
+                     f"{r['dtype']} | {r['ours']['flops_per_s'] / 1e9:.1f} | "
+                     f"{100 * r['ours']['fraction_of_peak']:.1f}% | {100 * r['baseline']['fraction_of_peak']:.1f}% | "
+                     f"{r['bound']} |{mem}")
+    for dtype, pk in peaks.items():
+        lines.append(f"peak {str(dtype).removeprefix('torch.')}: matmul {pk['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
+                     f"(n={pk['matmul_n']}), conv {pk['conv_flops_per_s'] / 1e9:.1f} GFLOP/s ({pk['conv_shape']}, 3x3)")
+    for w in (w for w in rows if "success_rate" in rows[w]["ours"]):
+        lines.append(f"{w}: fools {100 * rows[w]['ours']['success_rate']:.1f}% of the {rows[w]['batch_size']} digits, "
+                     f"the K=100 flow attack (eps 0.01) {100 * rows[w]['baseline']['success_rate']:.1f}%")
+    return lines
+
+
 OBJECTIVES = ["mixed", "pgd_at", "trades", "mart", "mart+awp"]
 
 
@@ -415,55 +461,11 @@ def main(argv=None):
     rows, peaks = {}, {}
     for w in args.workloads:
         b = args.batch_size or (CUDA_BATCH if device.type == "cuda" else CPU_BATCH).get(w.removesuffix("-amp"), 8)
-        per_unit = b * (DATA_BATCHES if w == "data" else 1)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.rand(b, 3, 32, 32, generator=gen).to(device)
-        y = torch.randint(0, 10, (b,), generator=gen).to(device)
-        row = {"batch_size": b}
-        fns = []
-        for make in (make_baseline, make_ours):
-            torch.manual_seed(0)
-            fns.append(make(w, device, x, y, k))
-        for side, (sec, mem, out) in zip(("baseline", "ours"), _timed_pair(fns, args.steps, args.warmup, device)):
-            row[side] = {"ms_per_step": 1000 * sec, "images_per_s": per_unit / sec, "peak_mem_mib": mem}
-            if w in ("stadv", "adef"):  # the digits are all classified correctly: the fraction fooled
-                model, _, yd = _digits(device.type, b)
-                with torch.no_grad():
-                    row[side]["success_rate"] = (model(out).argmax(1) != yd).float().mean().item()
-        row["speedup"] = row["ours"]["images_per_s"] / row["baseline"]["images_per_s"]
-        dtype = _dtype_of(w, device)
-        if dtype not in peaks:
-            peaks[dtype] = measure_peak(device, dtype, smoke=args.smoke)
-        work = count(fns[1])
-        peak = peaks[dtype]["peak_flops_per_s"]
-        for side in ("ours", "baseline"):
-            sec = row[side]["ms_per_step"] / 1000
-            row[side]["flops_per_s"] = work["flops"] / sec
-            row[side]["fraction_of_peak"] = work["flops"] / sec / peak
-        row.update(flops_per_step=work["flops"], ops_per_step=work["ops"], dtype=str(dtype).removeprefix("torch."),
-                   bound=bound(row["ours"]["fraction_of_peak"], work["flops"], row["ours"]["ms_per_step"] / 1000,
-                               work["ops"], device))
-        rows[w] = row
+        rows[w] = measure(w, device, b, k, args.steps, args.warmup, peaks, smoke=args.smoke)
     bf16 = "native bf16" if bf16_native(torch.device("cpu")) else "no native bf16"
     cpu = f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {bf16})"
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    print(f"\ndevice: {dev}, torch {torch.__version__}\n")
-    mem_cols = " ours MiB | baseline MiB |" if device.type == "cuda" else ""
-    print("| workload | batch | ours img/s | baseline img/s | speed-up | GFLOP/step | dtype | ours GFLOP/s | "
-          "of peak | baseline of peak | bound by |" + mem_cols)
-    print("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if device.type == "cuda" else ""))
-    for w, r in rows.items():
-        mem = f" {r['ours']['peak_mem_mib']:.0f} | {r['baseline']['peak_mem_mib']:.0f} |" if mem_cols else ""
-        print(f"| {w} | {r['batch_size']} | {r['ours']['images_per_s']:.2f} | {r['baseline']['images_per_s']:.2f} | "
-              f"{r['speedup']:.2f}x | {r['flops_per_step'] / 1e9:.2f} | {r['dtype']} | "
-              f"{r['ours']['flops_per_s'] / 1e9:.1f} | {100 * r['ours']['fraction_of_peak']:.1f}% | "
-              f"{100 * r['baseline']['fraction_of_peak']:.1f}% | {r['bound']} |{mem}")
-    for dtype, pk in peaks.items():
-        print(f"peak {str(dtype).removeprefix('torch.')}: matmul {pk['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s "
-              f"(n={pk['matmul_n']}), conv {pk['conv_flops_per_s'] / 1e9:.1f} GFLOP/s ({pk['conv_shape']}, 3x3)")
-    for w in (w for w in rows if "success_rate" in rows[w]["ours"]):
-        print(f"{w}: fools {100 * rows[w]['ours']['success_rate']:.1f}% of the {rows[w]['batch_size']} digits, the "
-              f"K=100 flow attack (eps 0.01) {100 * rows[w]['baseline']['success_rate']:.1f}%")
+    print(f"\ndevice: {dev}, torch {torch.__version__}\n\n" + "\n".join(table(rows, peaks, device)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows,

@@ -128,37 +128,20 @@ def time_workloads(run: Run, device: torch.device, smoke: bool) -> None:
     k = {key: 2 for key in bench.RECIPE} if smoke else bench.RECIPE
     steps, warmup = (1, 0) if smoke else (3, 1)
     peaks = {}
-    for name, workload, model, batch in (("fgr VGG-11", "fgr", None, 128), ("gsem GSeM-ResNet-18", "gsem",
+    for name, workload, model, batch in (("fgr VGG-11", "fgr", "vgg11", 128), ("gsem GSeM-ResNet-18", "gsem",
                                          "GSeMResNet18", 256), ("gsem GSeM-WRN-28-10", "gsem", "GSeMWideResNet28x10",
                                          256), ("pgd EOT 20", "pgd", "GSeMResNet18", 512),
                                          ("apgd EOT 20", "apgd", "GSeMResNet18", 512)):
         if run.left() < 60:
             run.report["skipped"].append(f"timing {name}: out of time")
             continue
-        b = 2 if smoke else batch
-        gen = torch.Generator().manual_seed(0)
-        x, y = torch.rand(b, 3, 32, 32, generator=gen).to(device), torch.randint(0, 10, (b,), generator=gen).to(device)
         try:
-            fns = [make(workload, device, x, y, k, **({"model_name": model} if model else {}))
-                   for make in (bench.make_baseline, bench.make_ours)]
-            result = bench._timed_pair(fns, steps, warmup, device)
-            work = bench.count(fns[1])
+            row = bench.measure(workload, device, 2 if smoke else batch, k, steps, warmup, peaks, smoke=smoke,
+                                model_name=model)
         except torch.cuda.OutOfMemoryError as e:
             run.report["failed"].append(f"timing {name}: out of memory ({str(e).splitlines()[0]})")
             torch.cuda.empty_cache()
             continue
-        dtype = bench._dtype_of(workload, device)
-        if dtype not in peaks:
-            peaks[dtype] = bench.measure_peak(device, dtype, smoke=smoke)
-        row = {"batch_size": b, "flops_per_step": work["flops"], "dtype": str(dtype).removeprefix("torch."),
-               "inner_loops": k}
-        for side, (sec, mem, _) in zip(("baseline", "ours"), result):
-            row[side] = {"s_per_step": sec, "images_per_s": b / sec, "peak_mem_mib": mem,
-                         "flops_per_s": work["flops"] / sec,
-                         "fraction_of_peak": work["flops"] / sec / peaks[dtype]["peak_flops_per_s"]}
-        row["speedup"] = row["baseline"]["s_per_step"] / row["ours"]["s_per_step"]
-        row["bound"] = bench.bound(row["ours"]["fraction_of_peak"], work["flops"], row["ours"]["s_per_step"],
-                                   work["ops"], device)
         run.report["timings"][name] = row
         run.report["peak"] = {str(d).removeprefix("torch."): v for d, v in peaks.items()}
         print(f"timed: {name} ({row['ours']['images_per_s']:.1f} img/s ours, {row['speedup']:.2f}x)")
@@ -178,14 +161,11 @@ def largest_eot_batch(run: Run, device: torch.device, smoke: bool) -> None:
             break
         attack = PGD(model, 8 / 255, 2 / 255, 1, eot_iter=eot, batched_eot=True, eot_batch=size)
         try:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            sec = bench._median_seconds(functools.partial(attack, x, y), device, 1 if smoke else 3)
+            sec, mem, _ = bench._timed_pair([functools.partial(attack, x, y)], 1 if smoke else 3, 1, device)[0]
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
-        found[size] = {"s_per_step": sec, "images_per_s": b / sec,
-                       "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None}
+        found[size] = {"ms_per_step": 1000 * sec, "images_per_s": b / sec, "peak_mem_mib": mem}
     run.report["eot_batch"] = {"tried": sizes, "fits": found, "largest": max(found) if found else None}
     run.save()
 
@@ -196,12 +176,12 @@ def estimates(run: Run) -> None:
     out = {}
     if "fgr VGG-11" in t:
         r = t["fgr VGG-11"]
-        epoch = math.ceil(TRAIN_IMAGES / r["batch_size"]) * r["ours"]["s_per_step"]
+        epoch = math.ceil(TRAIN_IMAGES / r["batch_size"]) * r["ours"]["ms_per_step"] / 1000
         out["FGR epoch (VGG-11, CIFAR-10)"] = epoch / 3600
         out["FGR table: 4 lambdas x 80 epochs"] = 4 * 80 * epoch / 3600
     pgd = t.get("pgd EOT 20")
     if pgd:  # seconds per image-gradient pass of GSeM-ResNet-18 (one forward and backward of one image)
-        per_pass = pgd["ours"]["s_per_step"] / (pgd["batch_size"] * pgd["inner_loops"]["eval_eot"])
+        per_pass = pgd["ours"]["ms_per_step"] / 1000 / (pgd["batch_size"] * pgd["inner_loops"]["eval_eot"])
         for label, model in (("GSeM-ResNet-18", "gsem GSeM-ResNet-18"), ("GSeM-WRN-28-10", "gsem GSeM-WRN-28-10")):
             if model not in t:
                 continue
@@ -210,7 +190,7 @@ def estimates(run: Run) -> None:
                 else 1.0
             pass_cost = per_pass * ratio  # the WRN's pass costs what its FLOPs say, relative to ResNet-18's
             selection = TEST_IMAGES / 2 * 10 * 10 * pass_cost  # PGD-10 x EOT-10 on the even half of each test batch
-            epoch = math.ceil(TRAIN_IMAGES / r["batch_size"]) * r["ours"]["s_per_step"] + selection
+            epoch = math.ceil(TRAIN_IMAGES / r["batch_size"]) * r["ours"]["ms_per_step"] / 1000 + selection
             out[f"GSeM epoch ({label}, CIFAR-10)"] = epoch / 3600
             out[f"GSeM training: 150 epochs x 5 reloads ({label}, one dataset)"] = 150 * 5 * epoch / 3600
             for attack, passes in EVAL_PASSES.items():
@@ -226,14 +206,7 @@ def estimates(run: Run) -> None:
 def markdown(report: dict) -> str:
     lines = [f"device: {report['device']}, torch {report['torch']}", "", "| script | rc | s |", "|---|---|---|"]
     lines += [f"| {k} | {v['rc']} | {v['seconds']:.1f} |" for k, v in report["scripts"].items()]
-    lines += ["", "| workload | batch | ours img/s | baseline img/s | speed-up | ours MiB | dtype | of peak "
-              "| bound by |", "|---|---|---|---|---|---|---|---|---|"]
-    for k, r in report["timings"].items():
-        mem = r["ours"]["peak_mem_mib"]
-        lines.append(f"| {k} | {r['batch_size']} | {r['ours']['images_per_s']:.2f} | "
-                     f"{r['baseline']['images_per_s']:.2f} | {r['speedup']:.2f}x | "
-                     f"{'-' if mem is None else f'{mem:.0f}'} | {r['dtype']} | "
-                     f"{100 * r['ours']['fraction_of_peak']:.1f}% | {r['bound']} |")
+    lines += ["", *bench.table(report["timings"], report.get("peak", {}), torch.device(report["device_type"]))]
     eot = report.get("eot_batch", {})
     if eot:
         lines += ["", f"largest --eot_batch that fits: {eot.get('largest')} (tried {eot.get('tried')})"]
@@ -262,8 +235,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True
     run = Run(args.json, args.budget_s)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    run.report.update(device=name, torch=torch.__version__, cuda=torch.version.cuda, smoke=args.smoke,
-                      args=vars(args), cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None)
+    run.report.update(device=name, device_type=device.type, torch=torch.__version__, cuda=torch.version.cuda,
+                      smoke=args.smoke, args=vars(args),
+                      cudnn=torch.backends.cudnn.version() if device.type == "cuda" else None)
     run.save()
     if not args.skip_scripts:
         run_scripts(run, args.device, args.smoke)

@@ -86,33 +86,31 @@ def gradient_correction(model: nn.Module, enabled: bool):
             m.gradient_correction = p
 
 
-class GSeMResNet(ResNet):
+class _GSeMStem:
+    """GSeM(64) on the output of the stem (the family's ``stem``); ``_gsem_args`` = (alpha, beta, correction)."""
+
+    def stem_hook(self):
+        self.gsem_module = GradSemiMaskModule(64, *self._gsem_args)
+
+    def stem(self, x):
+        return self.gsem_module(super().stem(x))
+
+
+class GSeMResNet(_GSeMStem, ResNet):
     """CIFAR ResNet with GSeM(64) after the stem ReLU (keys: conv1, bn1, gsem_module, layer1..4, linear)."""
 
     def __init__(self, num_blocks, num_classes=10, alpha=6, beta=4, gradient_correction=True, in_channels=3):
         self._gsem_args = (alpha, beta, gradient_correction)
         super().__init__(num_blocks, num_classes, in_channels)
 
-    def stem_hook(self):
-        self.gsem_module = GradSemiMaskModule(64, *self._gsem_args)
 
-    def stem(self, x):
-        return self.gsem_module(super().stem(x))
-
-
-class GSeMWideResNet(WideResNet):
+class GSeMWideResNet(_GSeMStem, WideResNet):
     """WRN with GSeM(64) on the raw (pre-BN) output of the 64-wide stem conv, as the reference."""
 
     def __init__(self, depth, widen_factor, dropout_rate, num_classes=10, alpha=6, beta=4, gradient_correction=True,
                  in_channels=3):
         self._gsem_args = (alpha, beta, gradient_correction)
         super().__init__(depth, widen_factor, dropout_rate, num_classes, in_channels=in_channels)
-
-    def stem_hook(self):
-        self.gsem_module = GradSemiMaskModule(64, *self._gsem_args)
-
-    def stem(self, x):
-        return self.gsem_module(super().stem(x))
 
 
 @register("GSeMResNet18")

@@ -75,50 +75,46 @@ def _number(text: str, kind=float) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
-    return value
+def _checked(parse: Callable, ok: Callable, message: str) -> Callable:
+    """An argparse type: ``parse(text)`` (a number, or another checked type), then ``ok(value)``, else ``message``
+    (formatted with ``text``) as the error."""
+
+    def check(text: str):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(message.format(text=text))
+        return value
+
+    return check
 
 
-def nonneg_int(text: str) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
+def _float(text: str) -> float:
+    return _number(text)
 
 
-def nonneg_float(text: str) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
-    return value
+def _int(text: str) -> int:
+    return _number(text, int)
 
 
-def positive_float(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def seed(text: str) -> int:
-    """A random seed: an integer in [0, 2^63 - 1] (what torch's generators take)."""
-    value = _number(text, int)
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2^63 - 1], got {text}")
-    return value
-
-
-def accuracy_threshold(text: str) -> float:
-    """An accuracy (a fraction) to beat: finite and below 1 (a model beats it only with a higher accuracy; -1 lets
-    the first epoch through)."""
-    value = _number(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"is an accuracy fraction to beat and must be below 1 (no model would beat "
-                                         f"{text}, so nothing would be saved)")
-    return value
+positive_int = _checked(_int, lambda v: v >= 1, "must be an integer >= 1, got {text}")
+nonneg_int = _checked(_int, lambda v: v >= 0, "must be an integer >= 0, got {text}")
+nonneg_float = _checked(_float, lambda v: v >= 0, "must be a number >= 0, got {text}")
+positive_float = _checked(_float, lambda v: v > 0, "must be a number > 0, got {text}")
+# a random seed: what torch's generators take
+seed = _checked(_int, lambda v: 0 <= v < 2 ** 63, "must be an integer in [0, 2^63 - 1], got {text}")
+# an accuracy (a fraction) to beat: a model beats it only with a higher accuracy; -1 lets the first epoch through
+accuracy_threshold = _checked(_float, lambda v: v < 1, "is an accuracy fraction to beat and must be below 1 (no model "
+                              "would beat {text}, so nothing would be saved)")
+# SGD momentum: at 1 or above the updates grow without bound
+momentum = _checked(_float, lambda v: 0 <= v < 1, "must be in [0, 1) (SGD momentum; both papers use 0.9), got {text}")
+# a step of pixel values in 1/255 units (a larger step leaves the [0, 1] range in one move)
+step_255 = _checked(positive_float, lambda v: v <= 255, "is in 1/255 units and at most 255 (the whole [0, 1] range), "
+                    "got {text}")
+rotation_deg = _checked(nonneg_float, lambda v: v <= 180, "is a largest rotation in degrees, at most 180 (every "
+                        "angle), got {text}")
+# half of the 32 x 32 images of every dataset here: further, the centre of the image leaves it
+translation_px = _checked(nonneg_float, lambda v: v <= 16, "is a largest translation in pixels, at most 16 (half of "
+                          "the 32 x 32 images; further, the image's centre leaves it), got {text}")
 
 
 def eps_255(text: str) -> float:
@@ -130,40 +126,6 @@ def eps_255(text: str) -> float:
                                          f"{value * 255:.4g}")
     if value > 255:
         raise argparse.ArgumentTypeError(f"is in 1/255 units and at most 255 (the whole [0, 1] range), got {text}")
-    return value
-
-
-def momentum(text: str) -> float:
-    """SGD momentum, in [0, 1) (at 1 or above the updates grow without bound; both papers use 0.9)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1) (SGD momentum; both papers use 0.9), got {text}")
-    return value
-
-
-def step_255(text: str) -> float:
-    """A step of pixel values in 1/255 units, in (0, 255] (a larger step leaves the [0, 1] range in one move)."""
-    value = positive_float(text)
-    if value > 255:
-        raise argparse.ArgumentTypeError(f"is in 1/255 units and at most 255 (the whole [0, 1] range), got {text}")
-    return value
-
-
-def rotation_deg(text: str) -> float:
-    """A largest rotation in degrees, in [0, 180] (180 covers every angle)."""
-    value = nonneg_float(text)
-    if value > 180:
-        raise argparse.ArgumentTypeError(f"is a largest rotation in degrees, at most 180 (every angle), got {text}")
-    return value
-
-
-def translation_px(text: str) -> float:
-    """A largest translation in pixels, in [0, 16]: half of the 32 x 32 images of every dataset here (further, the
-    centre of the image leaves it)."""
-    value = nonneg_float(text)
-    if value > 16:
-        raise argparse.ArgumentTypeError(f"is a largest translation in pixels, at most 16 (half of the 32 x 32 "
-                                         f"images; further, the image's centre leaves it), got {text}")
     return value
 
 

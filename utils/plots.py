@@ -21,12 +21,11 @@ import argparse
 import math
 import os
 import re
-import sys
 import textwrap
 
 from attacks import ATTACKS
 
-from .tables import PUBLISHED, PUBLISHED_N, collect, on_authors_points, run_names
+from .tables import PUBLISHED, PUBLISHED_N, collect_or_exit, on_authors_points, run_names
 
 # the authors' result files (lambda: (clean, adversarial)), CIFAR-10 VGG-11, flow attack eps 0.01, K 100
 REFERENCE_POINTS = {int(lam): v for (_, _, lam), v in PUBLISHED.items()}
@@ -197,10 +196,7 @@ def main(argv=None):
     p.add_argument("--out", type=str, default="./figures/fgr.png", help="output file (PNG; a PDF is written too)")
     p.add_argument("--reference", action="store_true", help="overlay the authors' CIFAR-10 VGG-11 points")
     args = p.parse_args(argv)
-    entries = collect(args.result_path)
-    if not entries:
-        print(f"error: no result files of evaluate.py or evaluate_gsem.py in {args.result_path}", file=sys.stderr)
-        raise SystemExit(2)
+    entries = collect_or_exit(args.result_path)
     paths = plot(entries, args.out, args.reference) + plot_budgets(entries, args.out)
     for path in paths:
         print(f"wrote {path}")

@@ -189,6 +189,15 @@ def collect(result_path: str, say=None) -> list[dict]:
     return list(entries.values())
 
 
+def collect_or_exit(result_path: str) -> list[dict]:
+    """:func:`collect`, or one error line and exit status 2 when the folder holds no result file (both CLIs)."""
+    entries = collect(result_path)
+    if not entries:
+        print(f"error: no result files of evaluate.py or evaluate_gsem.py in {result_path}", file=sys.stderr)
+        raise SystemExit(2)
+    return entries
+
+
 def _column_order(col: str):
     """clean first, then the authors' flow attack, then by label, a label's budgets in increasing order."""
     m = re.fullmatch(r"(.*) @([0-9.]+)px", col)
@@ -303,10 +312,7 @@ def main(argv=None):
     p.add_argument("--columns", type=str, nargs="+", default=None,
                    help="keep only the columns matching one of these regular expressions (clean is always kept)")
     args = p.parse_args(argv)
-    entries = collect(args.result_path)
-    if not entries:
-        print(f"error: no result files of evaluate.py or evaluate_gsem.py in {args.result_path}", file=sys.stderr)
-        raise SystemExit(2)
+    entries = collect_or_exit(args.result_path)
     text = render(*build_table(entries, args.columns), args.format)
     suffix = {"markdown": "md", "latex": "tex", "csv": "csv"}[args.format]
     out = args.out or os.path.join(args.result_path, f"table.{suffix}")

@@ -24,15 +24,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import re
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
 
 import evaluate  # noqa: E402
 import main as train  # noqa: E402
@@ -102,32 +99,14 @@ def main(argv=None):
     text = tables.main(["--result_path", results, "--out", os.path.join(results, "table_docs.md"), "--columns",
                         *COLUMNS])
     figure = plots.plot_budgets(tables.collect(results), os.path.join(results, "digits.png"))
-    note = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}: "
-            f"{trained / 60:.1f} min of training, {(seconds - trained) / 60:.1f} min of evaluation")
+    note = plots.machine_note(trained, seconds)
     print(f"{note}\nwrote {os.path.join(results, 'table.md')} and {', '.join(figure)}")
     if args.docs:
-        write_docs(text, figure, argv_line=" ".join(["python benchmarks/deformation_demo.py"] + (argv or sys.argv[1:])),
-                   note=note, model=args.model)
+        tag, png = ("demo", "digits") if args.model == "smallcnn" else (f"demo-{args.model}", f"digits_{args.model}")
+        plots.to_docs("fgr.md", tag, text, figure[0], f"figures/{png}_deformation_budgets.png", note=note,
+                      command=" ".join(["python benchmarks/deformation_demo.py"] + (argv or sys.argv[1:])),
+                      alt="robust accuracy against the deformation budget")
     return {"paths": paths, "table": text, "figure": figure}
-
-
-def write_docs(table: str, figure: list, *, argv_line: str, note: str, model: str = "smallcnn") -> None:
-    """Replace the model's demonstration section of docs/fgr.md (between its markers, ``demo:`` for the small CNN,
-    ``demo-vgg11:`` for VGG-11) and copy the figure to docs/figures."""
-    import shutil
-
-    os.makedirs(os.path.join(ROOT, "docs", "figures"), exist_ok=True)
-    tag = "demo" if model == "smallcnn" else f"demo-{model}"
-    png = os.path.join("figures", "digits_deformation_budgets.png" if model == "smallcnn"
-                       else f"digits_{model}_deformation_budgets.png")
-    shutil.copy(figure[0], os.path.join(ROOT, "docs", png))
-    path = os.path.join(ROOT, "docs", "fgr.md")
-    text = open(path).read()
-    block = (f"<!-- {tag}:start -->\nCommand: `{argv_line.strip()}`; measured on {note}.\n\n{table}\n"
-             f"![robust accuracy against the deformation budget]({png})\n<!-- {tag}:end -->")
-    text = re.sub(rf"<!-- {tag}:start -->.*<!-- {tag}:end -->", lambda _: block, text, flags=re.S)
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from models import build_model  # noqa: E402
 from utils.data import fgr_transforms, make_loaders  # noqa: E402
+from utils.evaluation import evaluate  # noqa: E402
 from utils.losses import gradient_regularized  # noqa: E402
 from utils.training import TrainStep  # noqa: E402
 
@@ -71,16 +72,6 @@ def reference_step(model, regularizer, optimizer, x, y, lamb, rs_sigma):
     loss.backward()
     optimizer.step()
     return loss.detach(), p.detach(), {"ce": ce, "reg": reg.detach()}
-
-
-@torch.no_grad()
-def test_accuracy(model, loader) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += y.numel()
-    return correct / total
 
 
 def main(argv=None):
@@ -150,7 +141,8 @@ def main(argv=None):
         for side, model in (("ours", ours), ("theirs", theirs)):
             s = sums[side]
             row[side] = {"loss": s["loss"] / seen, "ce": s["ce"] / seen, "reg": s["reg"] / seen,
-                         "train_acc": s["correct"] / seen, "test_acc": test_accuracy(model, test_loader)}
+                         "train_acc": s["correct"] / seen,
+                         "test_acc": evaluate(model, test_loader, "cpu", bar=False)["clean"]}
         record["epochs"].append(row)
         print(f"epoch {epoch}: " + " | ".join(
             f"{side}: CE {row[side]['ce']:.3f} R {row[side]['reg']:.5f} train {100 * row[side]['train_acc']:.1f}% "

@@ -32,21 +32,18 @@ import glob
 import json
 import math
 import os
-import platform
-import re
-import shutil
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
 
 import evaluate_gsem  # noqa: E402
 import train_gsem  # noqa: E402
 import train_gsem_awp  # noqa: E402
 import train_gsem_mart  # noqa: E402
+from utils import plots  # noqa: E402
 from utils.evaluation import check_lines  # noqa: E402
 from utils.results import write_json  # noqa: E402
 
@@ -140,8 +137,7 @@ def main(argv=None):
     seconds = time.time() - t0
     keys = [k for k in MODELS if k in keys]
     summary = summarise(records, keys, eot=eot, n=n)
-    note = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}: "
-            f"{trained / 60:.1f} min of training, {(seconds - trained) / 60:.1f} min of evaluation")
+    note = plots.machine_note(trained, seconds)
     table = markdown(summary, keys)
     figure = plot(summary, keys, os.path.join(args.out, "gsem_demo_eps"))
     write_json(os.path.join(args.out, "gsem_demo.json"), {"note": note, "argv": argv or sys.argv[1:],
@@ -152,8 +148,9 @@ def main(argv=None):
     print(f"{table}\n{note}\nwrote {os.path.join(args.out, 'gsem_demo.md')}, {os.path.join(args.out, 'gsem_demo.json')}"
           f" and {', '.join(figure)}")
     if args.docs:
-        write_docs(table, figure, argv_line=" ".join(["python benchmarks/gsem_demo.py"] + (argv or sys.argv[1:])),
-                   note=note)
+        plots.to_docs("gsem.md", "gsem-demo", table, figure[0], "figures/digits_gsem_eps.png", note=note,
+                      command=" ".join(["python benchmarks/gsem_demo.py"] + (argv or sys.argv[1:])),
+                      alt="robust accuracy under PGD against eps")
     return {"paths": paths, "summary": summary, "table": table, "figure": figure}
 
 
@@ -250,12 +247,7 @@ def markdown(summary: dict, keys) -> str:
 
 def plot(summary: dict, keys, stem: str) -> list:
     """Robust accuracy under PGD500 (corrected gradient) against eps, one curve per model: PNG and PDF."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax,) = plots._grid(1, 8, 5)
     for key in keys:
         curve = summary[key]["curve"]
         if len(curve) < 2:
@@ -274,29 +266,7 @@ def plot(summary: dict, keys, stem: str) -> list:
     ax.set_title("digits: PGD with the corrected gradient and EOT, against eps")
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
-    files = [f"{stem}.png", f"{stem}.pdf"]
-    for f in files:
-        fig.savefig(f, dpi=120)
-    plt.close(fig)
-    return files
-
-
-def write_docs(table: str, figure: list, *, argv_line: str, note: str) -> None:
-    """Replace the demonstration block of docs/gsem.md (between ``<!-- gsem-demo:start -->`` and its end marker) and
-    copy the figure to docs/figures."""
-    os.makedirs(os.path.join(ROOT, "docs", "figures"), exist_ok=True)
-    png = os.path.join("figures", "digits_gsem_eps.png")
-    shutil.copy(figure[0], os.path.join(ROOT, "docs", png))
-    path = os.path.join(ROOT, "docs", "gsem.md")
-    text = open(path).read()
-    block = (f"<!-- gsem-demo:start -->\nCommand: `{argv_line.strip()}`; measured on {note}.\n\n{table}\n"
-             f"![robust accuracy under PGD against eps]({png})\n<!-- gsem-demo:end -->")
-    if "<!-- gsem-demo:start -->" not in text:
-        text += "\n" + block + "\n"
-    else:
-        text = re.sub(r"<!-- gsem-demo:start -->.*<!-- gsem-demo:end -->", lambda _: block, text, flags=re.S)
-    with open(path, "w") as f:
-        f.write(text)
+    return plots.save(fig, stem)
 
 
 if __name__ == "__main__":

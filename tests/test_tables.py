@@ -171,3 +171,25 @@ def test_the_authors_curve_is_drawn_only_beside_results_on_their_points(tmp_path
     paths = plots.plot(tables.collect(str(tmp_path)), str(tmp_path / "fig.png"), reference=True, say=said.append)
     assert all(os.path.getsize(p) > 0 for p in paths)
     assert bool(said) != drawn and all("adds nothing" in s for s in said)
+
+
+def test_a_demonstration_block_in_the_docs_is_replaced_whole(tmp_path):
+    """``utils.plots.to_docs``: the block between a tag's markers is replaced (command, machine, table, figure) and
+    the rest of the page kept; a page without the block gets it appended; the figure is copied beside the docs."""
+    from utils import plots
+
+    (tmp_path / "fig.png").write_bytes(b"png")
+    page = tmp_path / "docs" / "page.md"
+    page.parent.mkdir()
+    page.write_text("intro\n<!-- demo:start -->\nold table\n<!-- demo:end -->\noutro\n")
+    for _ in range(2):  # twice: the block is replaced, not added again
+        plots.to_docs("page.md", "demo", "| new |\n", str(tmp_path / "fig.png"), "figures/x.png", command="python d.py",
+                      note="a CPU", alt="a figure", docs=str(tmp_path / "docs"))
+    text = page.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert text.count("<!-- demo:start -->") == 1 and "Command: `python d.py`; measured on a CPU." in text
+    assert "| new |" in text and "![a figure](figures/x.png)" in text
+    assert (tmp_path / "docs" / "figures" / "x.png").read_bytes() == b"png"
+    plots.to_docs("page.md", "other", "| t |\n", str(tmp_path / "fig.png"), "figures/y.png", command="c", note="n",
+                  alt="f", docs=str(tmp_path / "docs"))
+    assert page.read_text().rstrip().endswith("<!-- other:end -->")

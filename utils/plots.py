@@ -20,16 +20,22 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import platform
 import re
+import shutil
 import textwrap
+
+import torch
 
 from attacks import ATTACKS
 
+from .results import atomic_write_text
 from .tables import PUBLISHED, PUBLISHED_N, collect_or_exit, on_authors_points, run_names
 
 # the authors' result files (lambda: (clean, adversarial)), CIFAR-10 VGG-11, flow attack eps 0.01, K 100
 REFERENCE_POINTS = {int(lam): v for (_, _, lam), v in PUBLISHED.items()}
 COLUMNS = 3  # panels per line of the grid
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
 def _swept(label: str, row: dict) -> bool:
@@ -113,6 +119,30 @@ def plot(entries: list[dict], out: str, reference: bool = False, say=print) -> l
         say("note: --reference adds nothing: the authors' points are CIFAR-10 VGG-11 under the flow attack at its "
             f"defaults on all {PUBLISHED_N} test images, and no result here is one")
     return _finish(fig, axes, os.path.splitext(out)[0])
+
+
+def machine_note(trained_s: float, total_s: float) -> str:
+    """Where and how long a demonstration ran: the CPU, its cores, torch, minutes of training and of evaluation."""
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}: "
+            f"{trained_s / 60:.1f} min of training, {(total_s - trained_s) / 60:.1f} min of evaluation")
+
+
+def to_docs(doc: str, tag: str, table: str, figure: str, png: str, *, command: str, note: str, alt: str,
+            docs: str = DOCS) -> None:
+    """A demonstration's results into ``<docs>/<doc>``: the block between ``<!-- <tag>:start -->`` and
+    ``<!-- <tag>:end -->`` (appended when absent) becomes the command, ``note``, ``table`` and the figure, copied from
+    ``figure`` to ``<docs>/<png>``."""
+    os.makedirs(os.path.dirname(os.path.join(docs, png)), exist_ok=True)
+    shutil.copy(figure, os.path.join(docs, png))
+    path = os.path.join(docs, doc)
+    with open(path) as f:
+        text = f.read()
+    block = (f"<!-- {tag}:start -->\nCommand: `{command.strip()}`; measured on {note}.\n\n{table}\n![{alt}]({png})\n"
+             f"<!-- {tag}:end -->")
+    pattern = rf"<!-- {re.escape(tag)}:start -->.*<!-- {re.escape(tag)}:end -->"
+    text = re.sub(pattern, lambda _: block, text, flags=re.S) if re.search(pattern, text, flags=re.S) else \
+        f"{text}\n{block}\n"
+    atomic_write_text(path, text)
 
 
 def save(fig, stem: str) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -41,7 +42,7 @@ from utils.losses import OBJECTIVES, double_backward, objective_params, with_gra
 from utils.modes import eval_mode
 from utils.precision import autocast
 from utils.runtime import check_compile, prepare_training_model, start_run
-from utils.training import TrainStep, fit, half_adversarial
+from utils.training import BAR_REFRESH, TrainStep, fit, half_adversarial
 
 
 def parser(doc: str = __doc__, loss: str = "mixed") -> Parser:
@@ -137,7 +138,7 @@ def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=T
         fractions ``test_acc`` (all), ``clean_acc`` (odd half) and ``adv_acc`` (even half).
     """
     correct = torch.zeros(2, device=device)  # [adversarial half, clean half]
-    count = [0, 0]
+    count, shown = [0, 0], 0.0
     make_input = half_adversarial(attack)
     pbar = tqdm(loader, desc="half-adversarial test", disable=not (bar and dist.is_main()), leave=False,
                 dynamic_ncols=True)
@@ -152,8 +153,9 @@ def half_adversarial_accuracy(model, loader, attack, device, *, amp=False, bar=T
             correct[1] += hit[1::2].sum()
             count[0] += hit[0::2].numel()
             count[1] += hit[1::2].numel()
-            if bar:
+            if bar and time.time() - shown >= BAR_REFRESH:  # a device sync: at most once per BAR_REFRESH seconds
                 pbar.set_postfix(acc=f"{correct.sum().item() / sum(count):.4f}")
+                shown = time.time()
     pbar.close()
     totals = dist.all_reduce_sum(torch.cat([correct, torch.tensor(count, device=device, dtype=correct.dtype)]))
     adv, clean, n_adv, n_clean = (int(round(v)) for v in totals.tolist())

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
 import platform
 import statistics
@@ -62,6 +61,7 @@ from utils.data import DeviceLoader, fgr_device_transforms, fgr_transforms  # no
 from utils.losses import cross_entropy, gradient_regularized  # noqa: E402
 from utils.modes import eval_mode  # noqa: E402
 from utils.precision import autocast, bf16_native  # noqa: E402
+from utils.results import write_json  # noqa: E402
 from utils.runtime import fast_path  # noqa: E402
 from utils.training import TrainStep, half_adversarial  # noqa: E402
 
@@ -467,9 +467,8 @@ def main(argv=None):
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"\ndevice: {dev}, torch {torch.__version__}\n\n" + "\n".join(table(rows, peaks, device)))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows,
-                       "peak": {str(d).removeprefix("torch."): v for d, v in peaks.items()}}, f, indent=2)
+        write_json(args.json, {"device": dev, "torch": torch.__version__, "args": vars(args), "workloads": rows,
+                               "peak": {str(d).removeprefix("torch."): v for d, v in peaks.items()}})
     return rows
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import sys
@@ -36,6 +35,7 @@ from models import build_model  # noqa: E402
 from utils.data import fgr_transforms, make_loaders  # noqa: E402
 from utils.evaluation import evaluate  # noqa: E402
 from utils.losses import gradient_regularized  # noqa: E402
+from utils.results import write_json  # noqa: E402
 from utils.training import TrainStep  # noqa: E402
 
 
@@ -149,8 +149,7 @@ def main(argv=None):
             f"test {100 * row[side]['test_acc']:.1f}%" for side in ("ours", "theirs"))
             + f" | max weight diff {diff:.2e} | {row['seconds']:.0f}s", flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(record, f, indent=1)
+        write_json(args.json, record)
     return record
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import json
 import math
 import os
 import subprocess
@@ -43,6 +42,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 import bench  # noqa: E402
 from attacks import PGD  # noqa: E402
 from synthetic import write_cifar10  # noqa: E402
+from utils.results import write_json  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-10/100 (SVHN is larger: 73,257 training images)
 # image-gradient passes per test image of evaluate_gsem.py's default suite at EOT 20 (upper bounds: every restart and
@@ -64,10 +64,7 @@ class Run:
     def save(self):
         self.report["seconds"] = time.time() - self.t0
         if self.path:
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.report, f, indent=2)
-            os.replace(tmp, self.path)
+            write_json(self.path, self.report)
 
 
 def script_commands(data: str, out: str, smoke: bool) -> dict:

@@ -45,7 +45,7 @@ import train_gsem_awp  # noqa: E402
 import train_gsem_mart  # noqa: E402
 from utils import plots  # noqa: E402
 from utils.evaluation import check_lines  # noqa: E402
-from utils.results import write_json  # noqa: E402
+from utils.results import atomic_write_text, write_json  # noqa: E402
 
 SCRIPTS = {"train_gsem.py": train_gsem, "train_gsem_mart.py": train_gsem_mart, "train_gsem_awp.py": train_gsem_awp}
 SMALL, PLAIN = ["--classifier_name", "GSeMSmallCNN"], ["--classifier_name", "smallcnn", "--gra_eot_num", "1"]
@@ -143,8 +143,7 @@ def main(argv=None):
     write_json(os.path.join(args.out, "gsem_demo.json"), {"note": note, "argv": argv or sys.argv[1:],
                                                           "checkpoints": paths, "train_seconds": trained_s,
                                                           "models": summary})
-    with open(os.path.join(args.out, "gsem_demo.md"), "w") as f:
-        f.write(table)
+    atomic_write_text(os.path.join(args.out, "gsem_demo.md"), table)
     print(f"{table}\n{note}\nwrote {os.path.join(args.out, 'gsem_demo.md')}, {os.path.join(args.out, 'gsem_demo.json')}"
           f" and {', '.join(figure)}")
     if args.docs:

@@ -45,6 +45,9 @@ def worker(rank, port, lamb, out):
         one_step(model, x[shard], y[shard], lamb)
         if rank == 0:
             torch.save(dist.unwrap(model).state_dict(), out)
+        # both ranks past every collective before either tears gloo down: a rank that exits while gloo's worker
+        # threads still hold the other's work aborts the process (SIGABRT, pytorch/pytorch#179291)
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
@@ -59,7 +62,11 @@ def free_port():
 @pytest.mark.parametrize("lamb", [0.0, 50.0])  # plain CE, and FGR (double backward through DDP)
 def test_ddp_step_equals_single_process_step(lamb, tmp_path):
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(worker, args=(free_port(), lamb, out), nprocs=WORLD, join=True)
+    try:
+        mp.spawn(worker, args=(free_port(), lamb, out), nprocs=WORLD, join=True)
+    except mp.ProcessExitedException as e:  # an abort in gloo's teardown once the step is on disk (#179291) only
+        if e.signal_name != "SIGABRT" or not os.path.isfile(out):
+            raise
     ddp = torch.load(out, weights_only=True)
     single = tiny_classifier(classes=5, width=6)
     one_step(single, *batch(), lamb)
